@@ -5,36 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from exporter.config import TrainConfig
 from exporter.dataset import Dataset, load_dataset, stratified_split
 from exporter.model import build_resnet
 from exporter.pipeline import make_dataset
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    run_dir: str
-    epochs: int = 30
-    batch_size: int = 128
-    input_size: int = 64
-    widths: tuple[int, ...] = (24, 48, 96)
-    blocks_per_stage: int = 2
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 2
-    label_smoothing: float = 0.1
-    dropout: float = 0.2
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 1337
-    init_from: str | None = None  # continue from a trained .keras (same architecture), e.g. a low-LR extension
 
 
 def _optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

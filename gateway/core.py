@@ -237,6 +237,8 @@ class GatewayCore:
             raise InvalidParameter(f"unknown colormap {options.colormap!r}; colormaps: {', '.join(render.COLORMAPS)}")
         if not 0 <= options.alpha <= 1:
             raise InvalidParameter(f"alpha must be between 0 and 1, got {options.alpha}")
+        if options.max_side is not None and options.max_side < 1:
+            raise InvalidParameter(f"max_side must be at least 1, got {options.max_side}")
         max_side = min(options.max_side or self.settings.max_output_side, self.settings.max_output_side)
         request_id = request_id or uuid.uuid4().hex
         async with self.admit():

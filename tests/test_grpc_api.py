@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import grpc
 import httpx
 import numpy as np
@@ -54,6 +57,62 @@ def test_errors_map_to_grpc_status_codes(channel):
         with pytest.raises(grpc.RpcError) as err:
             stub.Predict(request, timeout=30)
         assert err.value.code() == code and err.value.details()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header that declares width x height; its pixel data is never needed."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+GOOD = encode(make_image("noise", np.random.default_rng(7)))
+HOSTILE_GRADCAM = {
+    "unknown method": (dict(method="nope"), grpc.StatusCode.INVALID_ARGUMENT),
+    "method with NUL": (dict(method="gradcam\x00"), grpc.StatusCode.INVALID_ARGUMENT),
+    "unknown colormap": (dict(colormap="rainbow"), grpc.StatusCode.INVALID_ARGUMENT),
+    "alpha NaN": (dict(alpha=float("nan")), grpc.StatusCode.INVALID_ARGUMENT),
+    "alpha above 1": (dict(alpha=1.5), grpc.StatusCode.INVALID_ARGUMENT),
+    "negative max_side": (dict(max_side=-5), grpc.StatusCode.INVALID_ARGUMENT),
+    "rank 0": (dict(rank=0), grpc.StatusCode.INVALID_ARGUMENT),
+    "rank past the classes": (dict(rank=99), grpc.StatusCode.INVALID_ARGUMENT),
+    "negative class index": (dict(class_index=-1), grpc.StatusCode.INVALID_ARGUMENT),
+    "class index past the classes": (dict(class_index=2**31 - 1), grpc.StatusCode.INVALID_ARGUMENT),
+    "unknown class label": (dict(class_label="x" * 200), grpc.StatusCode.INVALID_ARGUMENT),
+    "class and rank together": (dict(class_index=0, rank=1), grpc.StatusCode.INVALID_ARGUMENT),
+    "empty image": (dict(image=b""), grpc.StatusCode.INVALID_ARGUMENT),
+    "truncated image": (dict(image=GOOD[: len(GOOD) // 2]), grpc.StatusCode.INVALID_ARGUMENT),
+    "decompression bomb": (dict(image=_png_declaring(100_000, 100_000)), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "unknown version": (dict(target=gateway_pb2.Target(version=42)), grpc.StatusCode.NOT_FOUND),
+    "unknown label": (dict(target=gateway_pb2.Target(label="nope")), grpc.StatusCode.NOT_FOUND),
+    "message over the size limit": (dict(image=b"\0" * 3_000_000), grpc.StatusCode.RESOURCE_EXHAUSTED),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_GRADCAM))
+def test_hostile_gradcam_requests_get_a_status_not_a_crash(channel, case):
+    """The gRPC door's own share of the hostile-input suite: every bad field is a named status with details."""
+    fields, code = HOSTILE_GRADCAM[case]
+    with pytest.raises(grpc.RpcError) as err:
+        gateway_pb2_grpc.GatewayStub(channel).GradCam(gateway_pb2.GradCamRequest(**{"image": GOOD, **fields}),
+                                                      timeout=30)
+    assert err.value.code() == code and err.value.details(), err.value
+
+
+@pytest.mark.parametrize("fields", [dict(top_k=-1), dict(top_k=2**31 - 1), dict(images=[b"x"] * 1000),
+                                    dict(images=[GOOD, b"junk"])])
+def test_hostile_predict_requests_are_invalid_argument(channel, fields):
+    with pytest.raises(grpc.RpcError) as err:
+        gateway_pb2_grpc.GatewayStub(channel).Predict(gateway_pb2.PredictRequest(**{"images": [GOOD], **fields}),
+                                                      timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details(), err.value
+
+
+def test_the_server_still_answers_after_the_hostile_requests(channel):
+    reply = gateway_pb2_grpc.GatewayStub(channel).Predict(gateway_pb2.PredictRequest(images=[GOOD]), timeout=30)
+    assert reply.results[0].predictions
 
 
 def test_health_service(channel):

@@ -137,7 +137,7 @@ def test_empty_bodies(client):
     error(client.post("/predict"), 400, "invalid_image")
     error(client.post("/predict", content=b"", headers={"content-type": "application/json"}), 400, "bad_request")
     error(post_image(client, b""), 400, "invalid_image")
-    error(client.post("/gradcam", content=b"", headers={"content-type": "multipart/form-data"}), 400, "http_error")
+    error(client.post("/gradcam", content=b"", headers={"content-type": "multipart/form-data"}), 400, "bad_request")
     error(client.post("/predict", content=b"", headers={"content-type": "multipart/form-data; boundary=x"}), 422,
           "invalid_parameter")
 
@@ -147,9 +147,9 @@ def test_wrong_field_names_and_part_counts(client):
     assert "'image'" in error(client.post("/predict", files={"file": ("x.png", png)}), 422, "invalid_parameter")
     error(client.post("/predict", data={"image": "not a file"}, files={"other": ("x.png", png)}), 422,
           "invalid_parameter")
-    error(client.post("/predict", files=[("image", ("a.png", png)), ("image", ("b.png", png))]), 400, "http_error")
+    error(client.post("/predict", files=[("image", ("a.png", png)), ("image", ("b.png", png))]), 400, "bad_request")
     error(client.post("/predict", files={"image": ("a.png", png)}, data={f"f{i}": "x" for i in range(40)}), 400,
-          "http_error")
+          "bad_request")
 
 
 @pytest.mark.parametrize("data", [b"\x00" * 100, b"hello world", RNG.bytes(5000), b"\x89PNG\r\n\x1a\n" + RNG.bytes(500),
@@ -435,9 +435,9 @@ def test_odd_content_types(client):
     png = encode(PICTURE)
     error(client.post("/predict", content=png, headers={"content-type": "image/png"}), 415, "unsupported_media_type")
     error(client.post("/predict", content=png, headers={"content-type": "multipart/form-data; boundary="}), 400,
-          "http_error")
+          "bad_request")
     error(client.post("/predict", content=b"\x00" * 1000, headers={"content-type": "multipart/form-data; boundary=b"}),
-          400, "http_error")
+          400, "bad_request")
 
 
 def test_still_healthy_afterwards_and_keeps_connections_alive(client):
