@@ -10,6 +10,9 @@ import numpy as np
 from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 SUPPORTED = ("jpeg", "png", "webp", "bmp", "tiff", "gif")
+# A progressive JPEG re-reads every block once per scan, so a small file with thousands of (empty) scans costs
+# minutes of CPU: libjpeg-turbo's `-maxscans` guard. Encoders write about 10; 100 leaves room for unusual ones.
+MAX_JPEG_SCANS = 100
 _MAGIC = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -159,6 +162,9 @@ def _checked_header(fmt: str, data: bytes, max_pixels: int) -> None:
         raise InvalidImage(f"the {fmt} header is truncated or corrupt: it declares no image size")
     if size[0] * size[1] > max_pixels:
         raise PayloadTooLarge(f"the {fmt} image declares {size[0]}x{size[1]} pixels; the limit is {max_pixels}")
+    scans = data.count(b"\xff\xda") if fmt == "jpeg" else 0  # 0xFF in entropy-coded data is always stuffed
+    if scans > MAX_JPEG_SCANS:
+        raise InvalidImage(f"the jpeg image has {scans} scans; the limit is {MAX_JPEG_SCANS}")
     if not is_complete(fmt, data):
         raise InvalidImage(f"the {fmt} image is truncated: its end marker is missing")
 
