@@ -17,7 +17,7 @@ def test_committed_model_classifies_the_samples():
     meta = json.loads((VERSION / "assets" / "metadata.json").read_text())
     assert meta["input_size"] == [64, 64] and len(meta["class_names"]) == 10
     evaluation = json.loads((VERSION / "evaluation" / "metrics.json").read_text())
-    assert meta["metrics"]["accuracy"] == evaluation["accuracy"] > 0.96  # the README's figure, 96.68% on 2,290
+    assert meta["metrics"]["accuracy"] == evaluation["accuracy"] >= 0.97  # the README's figure, 97.16% on 2,290
     model = tf.saved_model.load(str(VERSION))
     samples = sorted(SAMPLES.glob("*.jpg"))
     assert len(samples) == 10
@@ -25,11 +25,11 @@ def test_committed_model_classifies_the_samples():
     probs = model.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
     predicted = [meta["class_names"][i] for i in probs.argmax(axis=1)]
     wrong = {p.stem: guess for p, guess in zip(samples, predicted, strict=True) if guess != p.stem}
-    # The tiles are the first test-split tile of each class, not picked for being easy: at 96.7% accuracy one miss
-    # is expected, and this one is known (a PermanentCrop tile read as AnnualCrop, p = 0.65; see the README).
+    # The tiles are the first test-split tile of each class, not picked for being easy. One is a known miss (a
+    # PermanentCrop tile read as AnnualCrop, p = 0.85, by this model and the previous one; see the README).
     assert wrong == {"PermanentCrop": "AnnualCrop"}, wrong
     cam = model.signatures["gradcam"](images=tf.constant(images), class_index=tf.constant([-1] * 10, tf.int32))
-    assert cam["activations"].shape == (10, 8, 8, 96) and cam["activations_hires"].shape == (10, 16, 16, 48)
+    assert cam["activations"].shape == (10, 8, 8, 128) and cam["activations_hires"].shape == (10, 16, 16, 64)
     np.testing.assert_array_equal(cam["class_index"].numpy(), probs.argmax(axis=1))
 
 
