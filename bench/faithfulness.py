@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return model.signatures["serving_default"](images=tf.constant(batch))["probabilities"].numpy()
 
     started = time.perf_counter()
-    explained = model.signatures["gradcam"](images=tf.constant(images),
+    explained = model.signatures["gradcam_multilayer"](images=tf.constant(images),
                                             class_index=tf.constant(np.full(len(images), -1, np.int32)))
     out = {k: v.numpy() for k, v in explained.items()}
     rng = np.random.default_rng(0)

@@ -78,6 +78,15 @@ class GradCamHead:
         return {"probabilities": tf.nn.softmax(logits), "logits": logits}
 
     def gradcam(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The contract signature, last stage only: its gradient needs no backward pass through any convolution."""
+        return self._explain(images, class_index, multilayer=False)
+
+    def gradcam_multilayer(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Also the previous stage, for multi-layer CAM: backpropagating through the last stage costs about half a
+        forward pass more, so only the methods that need it ask for it."""
+        return self._explain(images, class_index, multilayer=True)
+
+    def _explain(self, images: tf.Tensor, class_index: tf.Tensor, multilayer: bool) -> dict[str, tf.Tensor]:
         """Activations and d(logit of the chosen class)/d(activations), per image, in inference mode."""
         with tf.GradientTape() as tape:
             hires, cam, pooled = self.features(tf.cast(images, tf.float32), training=False)
@@ -86,15 +95,11 @@ class GradCamHead:
             chosen = tf.where(class_index < 0, tf.argmax(logits, axis=1, output_type=tf.int32), class_index)
             tf.debugging.assert_less(chosen, self.num_classes, message="class_index out of range")
             selected = tf.reduce_sum(logits * tf.one_hot(chosen, self.num_classes), axis=1)
-        cam_grads, hires_grads = tape.gradient(selected, [cam, hires])
-        return {
-            "activations": cam,
-            "gradients": cam_grads,
-            "activations_hires": hires,
-            "gradients_hires": hires_grads,
-            "probabilities": tf.nn.softmax(logits),
-            "class_index": chosen,
-        }
+        sources = {"activations": cam, "activations_hires": hires} if multilayer else {"activations": cam}
+        grads = tape.gradient(selected, list(sources.values()))
+        out = {**sources, "probabilities": tf.nn.softmax(logits), "class_index": chosen}
+        out.update({name.replace("activations", "gradients"): g for name, g in zip(sources, grads, strict=True)})
+        return out
 
 
 def _next_version(model_root: Path) -> int:
@@ -116,9 +121,9 @@ def _write_archive(head: GradCamHead, model: keras.Model, path: Path) -> None:
     archive.track(model)
     archive.track(head.features)
     archive.add_endpoint("serving_default", head.predict, input_signature=[images])
-    archive.add_endpoint(
-        "gradcam", head.gradcam, input_signature=[images, tf.TensorSpec([None], tf.int32, name="class_index")]
-    )
+    class_index = tf.TensorSpec([None], tf.int32, name="class_index")
+    archive.add_endpoint("gradcam", head.gradcam, input_signature=[images, class_index])
+    archive.add_endpoint("gradcam_multilayer", head.gradcam_multilayer, input_signature=[images, class_index])
     archive.write_out(str(path), verbose=False)
 
 
@@ -131,10 +136,10 @@ def _write_warmup(path: Path, input_size: tuple[int, int], name: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     images = tf.make_tensor_proto(np.zeros((1, *input_size, 3), np.uint8))
     with tf.io.TFRecordWriter(str(path / "tf_serving_warmup_requests")) as writer:
-        for signature in ("serving_default", "gradcam"):
+        for signature in ("serving_default", "gradcam", "gradcam_multilayer"):
             request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name=signature))
             request.inputs["images"].CopyFrom(images)
-            if signature == "gradcam":
+            if signature != "serving_default":
                 request.inputs["class_index"].CopyFrom(tf.make_tensor_proto(np.array([-1], np.int32)))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())

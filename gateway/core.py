@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway import cam, render
-from gateway.backends.base import Backend, Explanation, Prediction, Target, VersionMeta
+from gateway.backends.base import GRADCAM, GRADCAM_MULTILAYER, Backend, Explanation, Prediction, Target, VersionMeta
 from gateway.batching import MicroBatcher
 from gateway.decoding import declared_pixels, decode_image, resize
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidParameter, NotFound, Overloaded
@@ -152,10 +152,13 @@ class GatewayCore:
         return await self._batched(target, "serving_default", images, np.zeros(len(images), np.int32),
                                    lambda x, _: self.backend.predict(x, target, timeout), _split_prediction)
 
-    async def _explain_batch(self, target: Target, image: np.ndarray, class_index: int) -> Explanation:
+    async def _explain_batch(self, target: Target, image: np.ndarray, class_index: int, method: str) -> Explanation:
+        """Only multi-layer methods pay for the previous stage's gradients (a backward pass through the last)."""
         timeout = self.settings.request_timeout_s
-        return await self._batched(target, "gradcam", image[None], np.array([class_index], np.int32),
-                                   lambda x, c: self.backend.explain(x, c, target, timeout), _split_explanation)
+        signature = GRADCAM_MULTILAYER if method in cam.MULTI_LAYER else GRADCAM
+        return await self._batched(target, signature, image[None], np.array([class_index], np.int32),
+                                   lambda x, c: self.backend.explain(x, c, target, timeout, signature),
+                                   _split_explanation)
 
     async def _observed(self, route: str, pin: Pin, work):
         """Run `work(target, meta)` on the routed version, recording metrics per served version.
@@ -251,7 +254,7 @@ class GatewayCore:
                     ranked = await self._predict_batch(Target(target.model, target.version), x[None])
                     index = int(np.argsort(-ranked.probabilities[0], kind="stable")[choice.rank - 1])
                     target = Target(target.model, ranked.version)
-                explained = await self._explain_batch(target, x, index)
+                explained = await self._explain_batch(target, x, index, options.method)
                 stages = [(a[0], g[0]) for a, g in explained.stages]
                 render = (self._render(image, stages, options, max_side) if image.size <= INLINE_PIXELS * 3 else
                           await asyncio.to_thread(self._render, image, stages, options, max_side))

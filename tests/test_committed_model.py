@@ -28,7 +28,7 @@ def test_committed_model_classifies_the_samples():
     # The tiles are the first test-split tile of each class, not picked for being easy. One is a known miss (a
     # PermanentCrop tile read as AnnualCrop, p = 0.85, by this model and the previous one; see the README).
     assert wrong == {"PermanentCrop": "AnnualCrop"}, wrong
-    cam = model.signatures["gradcam"](images=tf.constant(images), class_index=tf.constant([-1] * 10, tf.int32))
+    cam = model.signatures["gradcam_multilayer"](images=tf.constant(images), class_index=tf.constant([-1] * 10))
     assert cam["activations"].shape == (10, 8, 8, 128) and cam["activations_hires"].shape == (10, 16, 16, 64)
     np.testing.assert_array_equal(cam["class_index"].numpy(), probs.argmax(axis=1))
 

@@ -107,7 +107,7 @@ def test_keras_applications_resnet50_exports_and_finds_its_layer(tmp_path):
     assert meta["gradcam_layer"] == "conv5_block3_out" and meta["hires_layer"] == "conv4_block6_out"
     loaded = tf.saved_model.load(str(path))
     images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
-    out = loaded.signatures["gradcam"](images=tf.constant(images), class_index=tf.constant([-1, 2], tf.int32))
+    out = loaded.signatures["gradcam_multilayer"](images=tf.constant(images), class_index=tf.constant([-1, 2]))
     assert out["activations"].shape == (2, 2, 2, 2048) and out["activations_hires"].shape == (2, 4, 4, 1024)
     probs = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(probs, model(images.astype(np.float32), training=False).numpy(), atol=1e-5)

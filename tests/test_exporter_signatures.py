@@ -24,7 +24,7 @@ def batch():
 
 
 def test_signatures_names_dtypes_shapes(loaded, batch):
-    assert set(loaded.signatures) == {"serving_default", "gradcam"}
+    assert set(loaded.signatures) == {"serving_default", "gradcam", "gradcam_multilayer"}
     serving = loaded.signatures["serving_default"]
     assert serving.structured_input_signature[1]["images"].dtype == tf.uint8
     assert serving.structured_input_signature[1]["images"].shape.as_list() == [None, 32, 32, 3]
@@ -37,11 +37,15 @@ def test_signatures_names_dtypes_shapes(loaded, batch):
     spec = gradcam.structured_input_signature[1]
     assert spec["class_index"].dtype == tf.int32 and spec["class_index"].shape.as_list() == [None]
     g = gradcam(images=tf.constant(batch), class_index=tf.constant([-1] * 6, tf.int32))
-    assert set(g) == {"activations", "gradients", "activations_hires", "gradients_hires", "probabilities",
-                      "class_index"}
+    assert set(g) == {"activations", "gradients", "probabilities", "class_index"}
     assert g["activations"].shape == g["gradients"].shape == (6, 8, 8, 16)
-    assert g["activations_hires"].shape == g["gradients_hires"].shape == (6, 16, 16, 8)
     assert g["class_index"].dtype == tf.int32 and g["probabilities"].shape == (6, 3)
+
+    multi = loaded.signatures["gradcam_multilayer"](images=tf.constant(batch), class_index=tf.constant([-1] * 6))
+    assert set(multi) == {*g, "activations_hires", "gradients_hires"}
+    assert multi["activations_hires"].shape == multi["gradients_hires"].shape == (6, 16, 16, 8)
+    for key in g:  # the same last-stage answer, with the previous stage added
+        np.testing.assert_allclose(multi[key].numpy(), g[key].numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_assets_describe_the_version(tiny_export):
@@ -83,10 +87,10 @@ def test_gradients_match_gradient_tape(loaded, tiny_run, batch):
 
 def test_each_image_is_independent_of_the_batch(loaded, batch):
     classes = np.array([2, 0, 1, 1, 0, 2], np.int32)
-    whole = loaded.signatures["gradcam"](images=tf.constant(batch), class_index=tf.constant(classes))
+    signature = loaded.signatures["gradcam_multilayer"]
+    whole = signature(images=tf.constant(batch), class_index=tf.constant(classes))
     for i in (0, 4):
-        alone = loaded.signatures["gradcam"](images=tf.constant(batch[i : i + 1]),
-                                             class_index=tf.constant(classes[i : i + 1]))
+        alone = signature(images=tf.constant(batch[i : i + 1]), class_index=tf.constant(classes[i : i + 1]))
         for key in ("gradients", "gradients_hires", "probabilities"):
             np.testing.assert_allclose(whole[key].numpy()[i], alone[key].numpy()[0], rtol=1e-4, atol=1e-6)
 

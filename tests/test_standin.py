@@ -270,9 +270,12 @@ def test_gradcam_signature(make_server, connect, images):
         predict_request(images, signature="gradcam", class_index=[-1, 0, 2]), timeout=10)
     assert response.model_spec.signature_name == "gradcam"
     assert as_array(response.outputs["activations"]).shape == (3, 8, 8, 16)
-    assert as_array(response.outputs["gradients_hires"]).shape == (3, 16, 16, 8)
+    assert set(response.outputs) == {"activations", "gradients", "probabilities", "class_index"}
     chosen = response.outputs["class_index"]
     assert chosen.dtype == types_pb2.DT_INT32 and list(chosen.int_val)[1:] == [0, 2]
+    multi = client.predict.Predict(
+        predict_request(images, signature="gradcam_multilayer", class_index=[-1, 0, 2]), timeout=10)
+    assert as_array(multi.outputs["gradients_hires"]).shape == (3, 16, 16, 8)
 
 
 def test_predict_errors(make_server, connect, images):

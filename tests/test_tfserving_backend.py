@@ -35,20 +35,25 @@ def image():
 def test_same_answers_as_local_backend(models_repo, live_gateway, image, tensor_content):
     files = {"image": ("x.png", encode(image))}
     local = httpx.post(f"{live_gateway.url}/predict", files=files).json()
-    local_cam = httpx.post(f"{live_gateway.url}/gradcam", files=files, headers={"Accept": "application/json"},
-                           params={"rank": 2}).json()
+    as_json = {"Accept": "application/json"}
+    local_cam = httpx.post(f"{live_gateway.url}/gradcam", files=files, headers=as_json, params={"rank": 2}).json()
+    fused = {"method": "layercam-fused"}
+    local_fused = httpx.post(f"{live_gateway.url}/gradcam", files=files, headers=as_json, params=fused).json()
     with start_standin(models_repo, tensor_content=tensor_content) as standin, \
             tfserving_gateway(models_repo, standin.address) as gw:
         remote = httpx.post(f"{gw.url}/predict", files=files).json()
-        remote_cam = httpx.post(f"{gw.url}/gradcam", files=files, headers={"Accept": "application/json"},
-                                params={"rank": 2}).json()
+        remote_cam = httpx.post(f"{gw.url}/gradcam", files=files, headers=as_json, params={"rank": 2}).json()
+        remote_fused = httpx.post(f"{gw.url}/gradcam", files=files, headers=as_json, params=fused).json()
         assert standin.calls[(1, "serving_default")] >= 2 and standin.calls[(1, "gradcam")] == 1
+        assert standin.calls[(1, "gradcam_multilayer")] == 1  # only the fused method pays for the second stage
     assert remote["version"] == 1
     assert [p["label"] for p in remote["predictions"]] == [p["label"] for p in local["predictions"]]
     np.testing.assert_allclose([p["probability"] for p in remote["predictions"]],
                                [p["probability"] for p in local["predictions"]], atol=1e-6)
     assert remote_cam["label"] == local_cam["label"]
     np.testing.assert_allclose(remote_cam["heatmap"], local_cam["heatmap"], atol=1e-4)
+    assert np.asarray(remote_fused["heatmap"]).shape == (16, 16)
+    np.testing.assert_allclose(remote_fused["heatmap"], local_fused["heatmap"], atol=1e-4)
 
 
 def test_down_at_start_then_recovers_without_restart(models_repo, image):

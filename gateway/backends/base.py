@@ -60,6 +60,17 @@ class Explanation:
     stages: list[tuple[np.ndarray, np.ndarray]]  # [(activations, gradients)] last stage first, each [N, h, w, K]
 
 
+GRADCAM = "gradcam"  # the last stage: all a single-layer CAM method needs
+GRADCAM_MULTILAYER = "gradcam_multilayer"  # plus the previous stage (`*_hires`), for multi-layer methods
+STAGE_OUTPUTS = (("activations", "gradients"), ("activations_hires", "gradients_hires"))
+
+
+def explanation_from(version: int, out: dict[str, np.ndarray]) -> Explanation:
+    """A `gradcam` or `gradcam_multilayer` signature's outputs, with the stages it returned, last stage first."""
+    stages = [(out[a], out[g]) for a, g in STAGE_OUTPUTS if a in out]
+    return Explanation(version, out["probabilities"], out["class_index"], stages)
+
+
 def read_version_metas(model_dir: Path) -> dict[int, VersionMeta]:
     """Every exported version under `models/<name>/` (integer folders with metadata), by version number."""
     if not model_dir.is_dir():
@@ -105,8 +116,9 @@ class Backend(abc.ABC):
         """`serving_default` on uint8 [N, H, W, 3] images at the version's input size."""
 
     @abc.abstractmethod
-    async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float) -> Explanation:
-        """`gradcam` with class_index int32 [N] (-1: the top class)."""
+    async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float,
+                      signature: str = GRADCAM) -> Explanation:
+        """`gradcam` (or `gradcam_multilayer`) with class_index int32 [N] (-1: the top class)."""
 
     @abc.abstractmethod
     async def version_states(self, model: str) -> dict[int, str]:

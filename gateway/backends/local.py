@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gateway.backends.base import Backend, Explanation, ModelConfig, Prediction, Target
+from gateway.backends.base import GRADCAM, Backend, Explanation, ModelConfig, Prediction, Target, explanation_from
 from gateway.errors import DeadlineExceeded, InvalidParameter, NotFound
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,6 +36,8 @@ class LocalBackend(Backend):
         model = self._loaded.get((target.model, target.version))
         if model is None:
             raise NotFound(f"model {target.model!r} version {target.version} is not loaded")
+        if name not in model.signatures:
+            raise NotFound(f"model {target.model!r} version {target.version} has no {name!r} signature; re-export it")
         return model.signatures[name]
 
     async def _run(self, fn, timeout: float):
@@ -49,25 +51,20 @@ class LocalBackend(Backend):
         out = await self._run(lambda: signature(images=images)["probabilities"].numpy(), timeout)
         return Prediction(target.version, out)
 
-    async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float) -> Explanation:
+    async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float,
+                      signature: str = GRADCAM) -> Explanation:
         import tensorflow as tf
 
-        signature = self._signature(target, "gradcam")
+        fn = self._signature(target, signature)
 
         def call():
             try:
-                out = signature(images=images, class_index=class_index.astype(np.int32))
+                out = fn(images=images, class_index=class_index.astype(np.int32))
             except tf.errors.InvalidArgumentError as exc:
                 raise InvalidParameter(exc.message.splitlines()[0]) from None
             return {k: v.numpy() for k, v in out.items()}
 
-        out = await self._run(call, timeout)
-        return Explanation(
-            target.version,
-            out["probabilities"],
-            out["class_index"],
-            [(out["activations"], out["gradients"]), (out["activations_hires"], out["gradients_hires"])],
-        )
+        return explanation_from(target.version, await self._run(call, timeout))
 
     async def version_states(self, model: str) -> dict[int, str]:
         return {v: s for (m, v), s in self._states.items() if m == model}

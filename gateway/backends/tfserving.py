@@ -8,7 +8,17 @@ import time
 import grpc
 import numpy as np
 
-from gateway.backends.base import Backend, Explanation, ModelConfig, Prediction, Target
+from gateway.backends.base import (
+    GRADCAM,
+    GRADCAM_MULTILAYER,
+    STAGE_OUTPUTS,
+    Backend,
+    Explanation,
+    ModelConfig,
+    Prediction,
+    Target,
+    explanation_from,
+)
 from gateway.backends.tensors import from_tensor_proto, to_tensor_proto
 from gateway.errors import (
     BackendError,
@@ -23,7 +33,10 @@ from gateway.errors import (
 from gateway.protos import model_management_pb2, model_pb2, predict_pb2, services_pb2_grpc
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the 4 MiB default breaks a Grad-CAM batch
-GRADCAM_OUTPUTS = ("activations", "gradients", "activations_hires", "gradients_hires", "probabilities", "class_index")
+OUTPUTS = {
+    GRADCAM: (*STAGE_OUTPUTS[0], "probabilities", "class_index"),
+    GRADCAM_MULTILAYER: (*STAGE_OUTPUTS[0], *STAGE_OUTPUTS[1], "probabilities", "class_index"),
+}
 _STATE_NAMES = model_management_pb2.ModelVersionStatus.State.Name
 _ERRORS: dict[grpc.StatusCode, type[GatewayError]] = {
     grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
@@ -100,19 +113,15 @@ class TFServingBackend(Backend):
         response = await self._call(self._predict.Predict, request, timeout)
         return Prediction(response.model_spec.version.value, from_tensor_proto(response.outputs["probabilities"]))
 
-    async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float) -> Explanation:
-        request = predict_pb2.PredictRequest(model_spec=model_spec(target, "gradcam"))
+    async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float,
+                      signature: str = GRADCAM) -> Explanation:
+        request = predict_pb2.PredictRequest(model_spec=model_spec(target, signature))
         request.inputs["images"].CopyFrom(to_tensor_proto(images))
         request.inputs["class_index"].CopyFrom(to_tensor_proto(class_index.astype(np.int32)))
-        request.output_filter.extend(GRADCAM_OUTPUTS)
+        request.output_filter.extend(OUTPUTS[signature])
         response = await self._call(self._predict.Predict, request, timeout)
-        out = {k: from_tensor_proto(response.outputs[k]) for k in GRADCAM_OUTPUTS}
-        return Explanation(
-            response.model_spec.version.value,
-            out["probabilities"],
-            out["class_index"],
-            [(out["activations"], out["gradients"]), (out["activations_hires"], out["gradients_hires"])],
-        )
+        out = {k: from_tensor_proto(response.outputs[k]) for k in OUTPUTS[signature]}
+        return explanation_from(response.model_spec.version.value, out)
 
     async def version_states(self, model: str) -> dict[int, str]:
         request = model_management_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=model))

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 
-from gateway.backends.base import Backend, ModelConfig, Target
+from gateway.backends.base import GRADCAM, GRADCAM_MULTILAYER, Backend, ModelConfig, Target
 from gateway.errors import Conflict, GatewayError, InvalidParameter, NotFound
 from gateway.model_config import ConfigStore
 from gateway.rollout.monitor import Monitor
@@ -126,7 +126,9 @@ class RolloutManager:
         images = np.zeros((1, h, w, 3), np.uint8)
         target = Target(self.model, version)
         await self.backend.predict(images, target, self.s.rollout_load_timeout_s)
-        await self.backend.explain(images, np.array([-1], np.int32), target, self.s.rollout_load_timeout_s)
+        for signature in (GRADCAM, GRADCAM_MULTILAYER):
+            await self.backend.explain(images, np.array([-1], np.int32), target, self.s.rollout_load_timeout_s,
+                                       signature)
 
     async def _finish_start(self, state: RolloutState) -> None:
         try:
