@@ -147,3 +147,23 @@ def test_openapi_documents_both_body_types(client):
     assert {"multipart/form-data", "application/json"} <= set(content)
     assert "PredictBatchRequest" in spec["components"]["schemas"]
     assert "image/png" in spec["paths"]["/gradcam"]["post"]["responses"]["200"]["content"]
+
+
+def test_a_version_without_the_multilayer_signature_is_404_for_the_fused_method(client, live_gateway, image):
+    """A SavedModel exported before `gradcam_multilayer` existed still serves every single-stage method; the fused
+    one gets a 404 that names what is missing, not a 500."""
+    from types import SimpleNamespace
+
+    backend = live_gateway.app.state.core.backend
+    key = ("tiny", 1)
+    full = backend._loaded[key]
+    backend._loaded[key] = SimpleNamespace(signatures={k: v for k, v in full.signatures.items()
+                                                       if k != "gradcam_multilayer"})
+    try:
+        files = {"image": ("x.png", encode(image))}
+        assert client.post("/gradcam", files=files).status_code == 200
+        message = _error(client.post("/gradcam", files=files, params={"method": "layercam-fused"}), 404, "not_found")
+        assert "gradcam_multilayer" in message
+    finally:
+        backend._loaded[key] = full
+    assert client.post("/gradcam", files=files, params={"method": "layercam-fused"}).status_code == 200
