@@ -26,7 +26,7 @@ def test_split_images(version_dir: Path, limit: int, data: str | None) -> tuple[
 
     meta = json.loads((version_dir / "assets" / "metadata.json").read_text())
     config = meta["training"]["config"]
-    cfg = TrainConfig(**{**config, "widths": tuple(config["widths"]), "data": data or config["data"]})
+    cfg = TrainConfig.from_json(config, data=data or config["data"])
     test = split_dataset(load_dataset(cfg.data), cfg)["test"]
     pick = np.random.default_rng(0).permutation(len(test))[:limit]
     subset = test.subset(np.sort(pick))
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from gateway import cam
+    from gateway.backends.base import explanation_from
     from gateway.faithfulness import center_gaussian_map, deletion_insertion, random_map
 
     version_dir = Path(args.models_dir) / args.model / str(args.version)
@@ -59,23 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     explained = model.signatures["gradcam_multilayer"](images=tf.constant(images),
                                             class_index=tf.constant(np.full(len(images), -1, np.int32)))
-    out = {k: v.numpy() for k, v in explained.items()}
+    out = explanation_from(args.version, {k: v.numpy() for k, v in explained.items()})
+    stages = out.stages
     rng = np.random.default_rng(0)
-    methods = {name: (lambda i, n=name: cam.compute_cam(n, [(out["activations"][i], out["gradients"][i]),
-                                                           (out["activations_hires"][i], out["gradients_hires"][i])]))
-               for name in cam.METHODS}
+    methods = {name: (lambda i, n=name: cam.compute_cam(n, [(a[i], g[i]) for a, g in stages])) for name in cam.METHODS}
     methods["baseline: random"] = lambda i: random_map((16, 16), rng)
     methods["baseline: centred gaussian"] = lambda i: center_gaussian_map((16, 16))
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for i in range(len(images)):
         for name, make in methods.items():
-            scores[name].append(deletion_insertion(predict, images[i], make(i), int(out["class_index"][i]),
+            scores[name].append(deletion_insertion(predict, images[i], make(i), int(out.class_index[i]),
                                                    steps=args.steps))
     table = {name: {"deletion_auc": round(float(np.mean([s[0] for s in v])), 4),
                     "insertion_auc": round(float(np.mean([s[1] for s in v])), 4)} for name, v in scores.items()}
     report = {
         "model": args.model, "version": args.version, "images": len(images), "steps": args.steps,
-        "top1_accuracy_on_these_images": round(float((out["class_index"] == labels).mean()), 4),
+        "top1_accuracy_on_these_images": round(float((out.class_index == labels).mean()), 4),
         "seconds": round(time.perf_counter() - started, 1), "methods": table,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,16 +12,6 @@ import numpy as np
 from bench.client import sample_files
 
 
-def tiles(version_dir: Path, count: int) -> np.ndarray:
-    """`count` real sample tiles, decoded and resized as the gateway does it, as one uint8 batch."""
-    from gateway.backends.base import VersionMeta
-    from gateway.decoding import decode_image, resize
-
-    size = VersionMeta.read(version_dir).input_size
-    images = [resize(decode_image(f.read_bytes(), 10**8), size) for f in sample_files()]
-    return np.stack([images[i % len(images)] for i in range(count)])
-
-
 class Signature:
     """`serving_default` of one version, called exactly as gateway/backends/local.py calls it."""
 
@@ -29,15 +19,24 @@ class Signature:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        self.version_dir = version_dir
+        from gateway.backends.base import VersionMeta
+        from gateway.decoding import decode_image, resize
+
+        size = VersionMeta.read(version_dir).input_size
+        # the real sample tiles, decoded and resized as the gateway does it, once
+        self.samples = [resize(decode_image(f.read_bytes(), 10**8), size) for f in sample_files()]
         self.fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+
+    def tiles(self, count: int) -> np.ndarray:
+        """`count` sample tiles as one uint8 batch."""
+        return np.stack([self.samples[i % len(self.samples)] for i in range(count)])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.fn(images=images)["probabilities"].numpy()
 
     def throughput(self, batch: int, seconds: float, warmup: int = 10) -> dict:
         """Images per second at a fixed batch size, calling back to back for `seconds`."""
-        images = tiles(self.version_dir, batch)
+        images = self.tiles(batch)
         for _ in range(warmup):
             self(images)
         calls, started = 0, time.perf_counter()
@@ -49,7 +48,7 @@ class Signature:
 
     def latency(self, batch: int, calls: int, warmup: int = 20) -> dict:
         """Median and p99 of single calls (ms)."""
-        images = tiles(self.version_dir, batch)
+        images = self.tiles(batch)
         for _ in range(warmup):
             self(images)
         times = []

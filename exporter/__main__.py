@@ -11,7 +11,7 @@ from exporter.config import TrainConfig
 # TensorFlow C++ logs (e.g. "failed call to cuInit") would break the one-line error contract.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_DATA = "../shared/data/eurosat_rgb_trainval.tar.gz"
+DEFAULTS = TrainConfig(data="../shared/data/eurosat_rgb_trainval.tar.gz", run_dir="runs/eurosat")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -29,12 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def run_dir(p):
-        p.add_argument("--run-dir", default="runs/eurosat",
+        p.add_argument("--run-dir", default=DEFAULTS.run_dir,
                        help="where training writes model.keras (default %(default)s)")
 
-    d = TrainConfig(data=DEFAULT_DATA, run_dir="runs/eurosat")
+    d = DEFAULTS
     t = sub.add_parser("train", help="train a ResNet from scratch on a folder-per-class dataset")
-    t.add_argument("--data", default=DEFAULT_DATA, help="a class-per-folder directory or a .tar.gz of one")
+    t.add_argument("--data", default=d.data, help="a class-per-folder directory or a .tar.gz of one")
     run_dir(t)
     t.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed, help="fixes split, init and augmentation (default %(default)s)")
     t.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="linear learning-rate warm-up before cosine decay (default %(default)s)")
-    t.add_argument("--init-from", default=None,
+    t.add_argument("--init-from", default=d.init_from,
                    help="start from this trained .keras (same architecture) instead of random weights")
 
     e = sub.add_parser("evaluate", help="metrics, confusion matrix and curves on the run's test split")

@@ -23,3 +23,8 @@ class TrainConfig:
     test_fraction: float = 0.1
     seed: int = 1337
     init_from: str | None = None  # continue from a trained .keras (same architecture), e.g. a low-LR extension
+
+    @classmethod
+    def from_json(cls, config: dict, **overrides) -> TrainConfig:
+        """A run's config as `run.json` / the version metadata store it (JSON has lists, not tuples)."""
+        return cls(**{**config, "widths": tuple(config["widths"]), **overrides})

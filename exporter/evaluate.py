@@ -93,7 +93,7 @@ def evaluate(run_dir: str | Path, data: str | None = None) -> dict:
     from exporter.train import TrainConfig, split_dataset
 
     run = json.loads(run_file.read_text())
-    cfg = TrainConfig(**{**run["config"], "widths": tuple(run["config"]["widths"])})
+    cfg = TrainConfig.from_json(run["config"])
     dataset = load_dataset(data or cfg.data)
     if dataset.class_names != run["class_names"]:
         raise ExporterError(f"dataset classes {dataset.class_names} differ from the run's {run['class_names']}")

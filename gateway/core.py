@@ -256,9 +256,9 @@ class GatewayCore:
                     target = Target(target.model, ranked.version)
                 explained = await self._explain_batch(target, x, index, options.method)
                 stages = [(a[0], g[0]) for a, g in explained.stages]
-                render = (self._render(image, stages, options, max_side) if image.size <= INLINE_PIXELS * 3 else
-                          await asyncio.to_thread(self._render, image, stages, options, max_side))
-                heatmap, png = render
+                args = (image, stages, options, max_side)
+                small = image.shape[0] * image.shape[1] <= INLINE_PIXELS
+                heatmap, png = self._render(*args) if small else await asyncio.to_thread(self._render, *args)
                 chosen = int(explained.class_index[0])
                 names = self.backend.meta(target.model, explained.version).class_names
                 return GradCamResult(target.model, explained.version, names[chosen], chosen,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -136,6 +138,17 @@ def live_gateway(models_repo):
 
     with LiveServer(create_app(gateway_settings(models_repo, max_body_bytes=2_000_000, grpc_port=free_port()))) as s:
         yield s
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_declaring(width: int, height: int, rows: int = 1) -> bytes:
+    """A well-formed RGB PNG header declaring width x height, with `rows` rows of genuine zero pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * ((3 * width + 1) * rows), 9)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:

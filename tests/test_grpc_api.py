@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import grpc
 import httpx
 import numpy as np
@@ -12,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.protos import gateway_pb2, gateway_pb2_grpc
-from tests.conftest import encode, make_image
+from tests.conftest import encode, make_image, png_declaring
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +56,6 @@ def test_errors_map_to_grpc_status_codes(channel):
         assert err.value.code() == code and err.value.details()
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG header that declares width x height; its pixel data is never needed."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 GOOD = encode(make_image("noise", np.random.default_rng(7)))
 HOSTILE_GRADCAM = {
     "unknown method": (dict(method="nope"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -84,7 +72,7 @@ HOSTILE_GRADCAM = {
     "class and rank together": (dict(class_index=0, rank=1), grpc.StatusCode.INVALID_ARGUMENT),
     "empty image": (dict(image=b""), grpc.StatusCode.INVALID_ARGUMENT),
     "truncated image": (dict(image=GOOD[: len(GOOD) // 2]), grpc.StatusCode.INVALID_ARGUMENT),
-    "decompression bomb": (dict(image=_png_declaring(100_000, 100_000)), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "decompression bomb": (dict(image=png_declaring(100_000, 100_000)), grpc.StatusCode.RESOURCE_EXHAUSTED),
     "unknown version": (dict(target=gateway_pb2.Target(version=42)), grpc.StatusCode.NOT_FOUND),
     "unknown label": (dict(target=gateway_pb2.Target(label="nope")), grpc.StatusCode.NOT_FOUND),
     "message over the size limit": (dict(image=b"\0" * 3_000_000), grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from gateway.decoding import MAX_JPEG_SCANS
-from tests.conftest import LiveServer, encode, gateway_settings, make_image
+from tests.conftest import LiveServer, encode, gateway_settings, make_image, png_declaring
 
 MAX_BODY = 1_000_000
 MAX_PIXELS = 4_000_000
@@ -75,17 +75,6 @@ def pil_bytes(image: Image.Image, fmt: str, **options) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **options)
     return out.getvalue()
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def png_declaring(width: int, height: int, rows: int = 1) -> bytes:
-    """A well-formed RGB PNG header declaring width x height, with `rows` rows of genuine zero pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * ((3 * width + 1) * rows), 9)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def deflated_zeros(size: int) -> bytes:
