@@ -37,7 +37,7 @@ bench: setup
 	$(PY) -m bench
 
 train: setup
-	$(PY) -m exporter all
+	$(PY) -m exporter all --gsd-m 10
 
 clean:
 	rm -rf $(VENV) gateway/_proto .pytest_cache

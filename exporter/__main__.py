@@ -62,11 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default="eurosat", help="model name (default %(default)s)")
     x.add_argument("--version", type=int, default=None, help="version number (default: next free)")
     x.add_argument("--class-names", default=None, help="file with one class name per line (default: the run's)")
+    x.add_argument("--gsd-m", type=float, default=None,
+                   help="ground sample distance the model was trained at, metres per pixel (EuroSAT: 10): makes it a "
+                   "tile model, so larger scenes are resampled to this scale and tiled; omit for a photo-scene model "
+                   "(the whole image is resized)")
+
+    c = sub.add_parser("card", help="write the STAC model card (assets/model_card.json) of an exported version")
+    for flag in ("--models-dir", "--name"):
+        c._add_action(next(act for act in x._actions if flag in act.option_strings))
+    c.add_argument("--version", type=int, required=True, help="the exported version")
+    c._add_action(next(act for act in x._actions if "--gsd-m" in act.option_strings))
 
     a = sub.add_parser("all", help="train, evaluate, then export")
     for action in t._actions[1:]:
         a._add_action(action)
-    for flag in ("--models-dir", "--name", "--version"):
+    for flag in ("--models-dir", "--name", "--version", "--gsd-m"):
         a._add_action(next(act for act in x._actions if flag in act.option_strings))
     return parser
 
@@ -95,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
                 name=args.name,
                 version=args.version,
                 class_names_file=getattr(args, "class_names", None),
+                gsd_m=args.gsd_m,
             )
             print(path)
+        if args.command == "card":
+            from pathlib import Path
+
+            from exporter.card import card_for_version, write_card
+
+            version_dir = Path(args.models_dir) / args.name / str(args.version)
+            print(write_card(version_dir, card_for_version(version_dir, args.gsd_m)))
     except ExporterError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # always exactly one line
         return 2

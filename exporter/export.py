@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from exporter.card import model_card, write_card
 from exporter.errors import ExporterError
 
 POOLING_TYPES = (keras.layers.GlobalAveragePooling2D,)
@@ -153,8 +154,9 @@ def export_model(
     version: int | None = None,
     extra_metadata: dict | None = None,
     evaluation_dir: Path | None = None,
+    gsd_m: float | None = None,
 ) -> Path:
-    """Write `models_dir/name/version/` atomically and return it."""
+    """Write `models_dir/name/version/` atomically and return it. `gsd_m` makes it a tile model (see card.py)."""
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ExporterError(f"model name {name!r} must be letters, digits, '-' or '_'")
     head = GradCamHead(model)
@@ -186,6 +188,8 @@ def export_model(
             **(extra_metadata or {}),
         }
         (assets / "metadata.json").write_text(json.dumps(metadata, indent=1))
+        write_card(tmp, model_card(name, version, class_names, head.input_size, gsd_m, tf.__version__,
+                                   metadata.get("temperature")))
         _write_warmup(tmp / "assets.extra", head.input_size, name)
         if evaluation_dir is not None and evaluation_dir.is_dir():
             shutil.copytree(evaluation_dir, tmp / "evaluation")
@@ -217,6 +221,7 @@ def export_from_run(
     name: str,
     version: int | None,
     class_names_file: str | None = None,
+    gsd_m: float | None = None,
 ) -> Path:
     """Export a training run (or any .keras file), with its class names, metrics and evaluation plots."""
     run_dir = Path(run_dir)
@@ -242,4 +247,4 @@ def export_from_run(
             metrics = json.loads(metrics_file.read_text())
             extra["metrics"] = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "per_class")}
     evaluation = run_dir / "evaluation" if run else None
-    return export_model(model, class_names, models_dir, name, version, extra, evaluation)
+    return export_model(model, class_names, models_dir, name, version, extra, evaluation, gsd_m)
