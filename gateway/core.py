@@ -6,15 +6,16 @@ import asyncio
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 
-from gateway import cam, render
+from gateway import cam, geotiff, render, scene, validation
 from gateway.backends.base import GRADCAM, GRADCAM_MULTILAYER, Backend, Explanation, Prediction, Target, VersionMeta
 from gateway.batching import MicroBatcher
-from gateway.decoding import declared_pixels, decode_image, resize
-from gateway.errors import DeadlineExceeded, GatewayError, InvalidParameter, NotFound, Overloaded
+from gateway.decoding import declared_pixels, decode_image, resize, sniff
+from gateway.errors import DeadlineExceeded, GatewayError, InvalidParameter, NotFound, Overloaded, PayloadTooLarge
 from gateway.metrics import Metrics
 from gateway.rollout.router import PINNED
 from gateway.settings import Settings
@@ -22,6 +23,20 @@ from gateway.settings import Settings
 CLIENT_STATUSES = ("ok", "400", "404", "413", "415", "422")  # the caller's mistake, not the version's fault
 INLINE_BYTES = 64 * 1024  # decode on the event loop below this (about a millisecond of work)
 INLINE_PIXELS = 256 * 256  # render on the event loop below this
+
+
+class MethodNotServed(NotFound):
+    """404: the version has no signature for this CAM method (a property of the version: never routed again)."""
+
+
+def cam_signature(method: str) -> str:
+    """Only multi-layer methods pay for the previous stage's gradients (a backward pass through the last)."""
+    return GRADCAM_MULTILAYER if method in cam.MULTI_LAYER else GRADCAM
+
+
+def served_methods(signatures: frozenset[str]) -> list[str]:
+    """The CAM methods a version with these signatures can answer."""
+    return [method for method in cam.METHODS if cam_signature(method) in signatures]
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,9 @@ class Pin:
     version: int | None = None
     label: str | None = None
     routing_key: str | None = None
+
+    def __post_init__(self) -> None:
+        validation.check_pin(self.model, self.version, self.label, self.routing_key)  # the same rules for both doors
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,70 @@ class CamOptions:
     max_side: int | None = None
 
 
+@dataclass(frozen=True)
+class SceneImage:
+    """A decoded input and what is known of its ground: GSD (y, x) in metres (None: unknown) and georeferencing."""
+
+    pixels: np.ndarray
+    gsd_m: tuple[float, float] | None = None
+    geo: geotiff.GeoInfo | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tile model covers one input: the grid at the model's GSD and the input's own GSD."""
+
+    grid: scene.Grid
+    gsd_m: tuple[float, float]
+
+    def cell_size_px(self, model_gsd: float) -> tuple[float, float]:
+        """One cell's size in input pixels (h, w)."""
+        return (self.grid.tile[0] * model_gsd / self.gsd_m[0], self.grid.tile[1] * model_gsd / self.gsd_m[1])
+
+
+@dataclass
+class SceneSummary:
+    rows: int
+    cols: int
+    cell_size_px: tuple[float, float]
+    gsd_m: float | None  # the input's metres per pixel (None: an image model given none)
+    composition: list[tuple[str, int, float]]  # (label, index, fraction of the ground), largest first
+
+
+@dataclass
+class ClassMapResult:
+    model: str
+    version: int
+    class_names: tuple[str, ...]
+    colors: list[tuple[int, int, int]]
+    classmap: scene.ClassMap
+    summary: SceneSummary
+    image: np.ndarray  # the input as decoded, for overlays
+    geo: geotiff.GeoInfo | None
+    request_id: str
+
+
+def classmap_png(result: ClassMapResult, overlay: bool, alpha: float, max_side: int) -> bytes:
+    """The class map in the version's palette, at the input's size (longest side at most `max_side`), optionally
+    blended over the input."""
+    h, w = result.image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    painted = scene.paint_classes(result.classmap.classes, result.summary.cell_size_px, result.colors, (h, w), size)
+    if overlay:
+        base = cv2.resize(result.image, (size[1], size[0]), interpolation=cv2.INTER_AREA) if size != (h, w) \
+            else result.image
+        painted = cv2.addWeighted(base, 1.0 - alpha, painted, alpha, 0.0)
+    return render.encode_png(painted)
+
+
+def classmap_geotiff(result: ClassMapResult) -> bytes:
+    """Band 1 the class index, band 2 the confidence, in the input's CRS with one cell per pixel."""
+    return geotiff.classmap_bytes(result.classmap.classes, result.classmap.confidence, result.geo,
+                                  result.summary.cell_size_px, list(result.class_names), result.colors,
+                                  tags={"model": result.model, "version": str(result.version)})
+
+
 @dataclass
 class Ranked:
     label: str
@@ -64,6 +146,7 @@ class PredictResult:
     version: int
     predictions: list[list[Ranked]]
     request_id: str
+    scenes: list[SceneSummary | None] | None = None  # per image: a scene's grid and composition, None for one tile
 
 
 @dataclass
@@ -77,6 +160,7 @@ class GradCamResult:
     heatmap: np.ndarray  # [h, w] in [0, 1]
     png: bytes
     request_id: str
+    scene: SceneSummary | None = None
 
 
 def top_k(probabilities: np.ndarray, k: int, class_names: tuple[str, ...]) -> list[Ranked]:
@@ -152,13 +236,126 @@ class GatewayCore:
         return await self._batched(target, "serving_default", images, np.zeros(len(images), np.int32),
                                    lambda x, _: self.backend.predict(x, target, timeout), _split_prediction)
 
-    async def _explain_batch(self, target: Target, image: np.ndarray, class_index: int, method: str) -> Explanation:
+    async def _cam_signature(self, target: Target, method: str) -> str:
+        """The signature `method` needs, if the routed version serves it: one answer whichever backend runs it."""
+        signature = cam_signature(method)
+        served = await self.backend.signatures(target.model, target.version)
+        if signature not in served:
+            raise MethodNotServed(f"model {target.model!r} version {target.version} cannot serve method {method!r}: "
+                                  f"it has no {signature!r} signature; its methods: "
+                                  f"{', '.join(served_methods(served)) or 'none'}")
+        return signature
+
+    async def _explain_batch(self, target: Target, images: np.ndarray, class_index: int, method: str) -> Explanation:
         """Only multi-layer methods pay for the previous stage's gradients (a backward pass through the last)."""
         timeout = self.settings.request_timeout_s
-        signature = GRADCAM_MULTILAYER if method in cam.MULTI_LAYER else GRADCAM
-        return await self._batched(target, signature, image[None], np.array([class_index], np.int32),
+        signature = await self._cam_signature(target, method)
+        return await self._batched(target, signature, images, np.full(len(images), class_index, np.int32),
                                    lambda x, c: self.backend.explain(x, c, target, timeout, signature),
                                    _split_explanation)
+
+    async def _chunked(self, call, images: np.ndarray):
+        """A scene's tiles in chunks of at most `max_batch_size`, so no backend message outgrows what either gRPC side
+        accepts; chunks run concurrently (the micro-batcher's slots bound them). One version answers all chunks."""
+        size = self.settings.max_batch_size
+        parts = await asyncio.gather(*(call(images[i : i + size]) for i in range(0, len(images), size)))
+        if len({p.version for p in parts}) > 1:
+            raise NotFound("the version moved while the scene was being served")  # routed again once by _observed
+        return parts
+
+    async def _tile_probabilities(self, target: Target, tiles: np.ndarray) -> Prediction:
+        parts = await self._chunked(lambda x: self._predict_batch(target, x), tiles)
+        return Prediction(parts[0].version, np.concatenate([p.probabilities for p in parts]))
+
+    async def _explain_tiles(self, target: Target, tiles: np.ndarray, class_index: int, method: str) -> Explanation:
+        parts = await self._chunked(lambda x: self._explain_batch(target, x, class_index, method), tiles)
+        return Explanation(parts[0].version, np.concatenate([p.probabilities for p in parts]),
+                           np.concatenate([p.class_index for p in parts]),
+                           [(np.concatenate([p.stages[i][0] for p in parts]),
+                             np.concatenate([p.stages[i][1] for p in parts])) for i in range(len(parts[0].stages))])
+
+    # --- scenes -------------------------------------------------------------------------------------------------
+
+    def check_gsd(self, gsd_m: float | None) -> None:
+        if gsd_m is not None and not self.settings.min_gsd_m <= gsd_m <= self.settings.max_gsd_m:
+            raise InvalidParameter(f"gsd_m must be between {self.settings.min_gsd_m:g} and "
+                                   f"{self.settings.max_gsd_m:g} metres per pixel, got {gsd_m:g}")
+
+    async def decode_scene(self, data: bytes, gsd_m: float | None) -> SceneImage:
+        """Pixels and ground resolution: a GeoTIFF's from its geotransform (rasterio), others from `gsd_m`."""
+        if sniff(data) == "tiff" and await asyncio.to_thread(geotiff.georeferenced_tiff, data):
+            pixels, geo = await asyncio.to_thread(geotiff.read_geotiff, data, self.settings.max_image_pixels)
+            own = geo.gsd_m(pixels.shape[:2])
+            if own and gsd_m and abs(own[1] - gsd_m) > 0.01 * own[1]:
+                raise InvalidParameter(f"gsd_m={gsd_m:g} contradicts the GeoTIFF's own {own[1]:g} m per pixel; "
+                                       "omit gsd_m to use the file's")
+            return SceneImage(pixels, own or ((gsd_m, gsd_m) if gsd_m else None), geo)
+        return SceneImage(await self.decode(data), (gsd_m, gsd_m) if gsd_m else None)
+
+    def layout(self, image: SceneImage, meta: VersionMeta) -> Layout | None:
+        """The grid a tile model covers this input with, or None when it is one tile (or an image model)."""
+        if not meta.is_tile:
+            return None
+        gsd = image.gsd_m or (meta.gsd_m, meta.gsd_m)
+        size = scene.resampled_size(image.pixels.shape[:2], scene.scale_factors(gsd, meta.gsd_m))
+        if not scene.is_scene(size, meta.input_size):
+            return None
+        grid = scene.Grid(size, meta.input_size)
+        if len(grid) > self.settings.max_scene_tiles:
+            raise PayloadTooLarge(f"the scene needs {len(grid)} tiles ({grid.rows}x{grid.cols}) at "
+                                  f"{meta.gsd_m:g} m; the limit per request is {self.settings.max_scene_tiles}: "
+                                  "use `python -m gateway scene IN.tif OUT.tif` for large rasters")
+        return Layout(grid, gsd)
+
+    @staticmethod
+    def scene_tiles(image: SceneImage, layout: Layout) -> np.ndarray:
+        return layout.grid.tiles(scene.resample(image.pixels, layout.grid.size))
+
+    def summary(self, classmap: scene.ClassMap, layout: Layout, meta: VersionMeta) -> SceneSummary:
+        shares = classmap.composition()
+        order = [int(i) for i in np.argsort(-shares, kind="stable") if shares[i] > 0]
+        return SceneSummary(layout.grid.rows, layout.grid.cols, layout.cell_size_px(meta.gsd_m),
+                            float(np.sqrt(layout.gsd_m[0] * layout.gsd_m[1])),
+                            [(meta.class_names[i], i, float(shares[i])) for i in order])
+
+    async def _scene_predict(self, target: Target, meta: VersionMeta, image: SceneImage):
+        """(probabilities [C] of the input, its class map and summary or None): a scene's, or one tile's as today."""
+        layout = self.layout(image, meta)
+        if layout is None:
+            one = await self._predict_batch(target, resize(image.pixels, meta.input_size)[None])
+            grid = scene.Grid(meta.input_size, meta.input_size)
+            return one.version, one.probabilities[0], scene.ClassMap.from_tiles(grid, one.probabilities), None
+        tiles = await asyncio.to_thread(self.scene_tiles, image, layout)
+        version, classmap, summary = await self._classify_tiles(target, meta, layout, tiles)
+        return version, classmap.distribution(), classmap, summary
+
+    async def _classify_tiles(self, target: Target, meta: VersionMeta, layout: Layout, tiles: np.ndarray):
+        result = await self._tile_probabilities(target, tiles)
+        classmap = scene.ClassMap.from_tiles(layout.grid, result.probabilities)
+        return result.version, classmap, self.summary(classmap, layout, meta)
+
+    async def classmap(self, encoded: bytes, gsd_m: float | None, pin: Pin,
+                       request_id: str | None = None) -> ClassMapResult:
+        """A class and a confidence per cell of ground (one cell for a single tile or an image model)."""
+        self.check_gsd(gsd_m)
+        request_id = request_id or uuid.uuid4().hex
+        async with self.admit():
+            image = await self.decode_scene(encoded, gsd_m)
+
+            async def work(target: Target, meta: VersionMeta) -> ClassMapResult:
+                version, _, classmap, summary = await self._scene_predict(target, meta, image)
+                meta = self.backend.meta(target.model, version)
+                if summary is None:  # one cell covering the whole input
+                    h, w = image.pixels.shape[:2]
+                    shares = classmap.composition()
+                    i = int(shares.argmax())
+                    summary = SceneSummary(1, 1, (float(h), float(w)),
+                                           float(np.sqrt(np.prod(image.gsd_m))) if image.gsd_m else meta.gsd_m,
+                                           [(meta.class_names[i], i, 1.0)])
+                return ClassMapResult(target.model, version, meta.class_names, meta.colors, classmap, summary,
+                                      image.pixels, image.geo, request_id)
+
+            return await self._observed("classmap", pin, work)
 
     async def _observed(self, route: str, pin: Pin, work):
         """Run `work(target, meta)` on the routed version, recording metrics per served version.
@@ -175,9 +372,9 @@ class GatewayCore:
                 result = await work(target, meta)
                 version, status = str(result.version), "ok"
                 return result
-            except NotFound:
+            except NotFound as exc:
                 status = "404"
-                if role == PINNED or attempt == 2:
+                if role == PINNED or attempt == 2 or isinstance(exc, MethodNotServed):
                     raise
                 self.router.set_state(self.router.rollout_store.read())
             except GatewayError as exc:
@@ -188,28 +385,48 @@ class GatewayCore:
                 elapsed = time.perf_counter() - started
                 self.metrics.requests.labels(route, target.model, version, status).inc()
                 self.metrics.latency.labels(route, target.model, version).observe(elapsed)
-                self.router.observe(role, elapsed, failed=status not in CLIENT_STATUSES)
+                if status == "ok" or status not in CLIENT_STATUSES:  # a caller's mistake says nothing of a version
+                    self.router.observe(role, elapsed, failed=status != "ok")
         raise AssertionError("unreachable")
 
-    async def predict(self, encoded: list[bytes], k: int, pin: Pin, request_id: str | None = None) -> PredictResult:
-        if not 1 <= k <= self.settings.max_top_k:
-            raise InvalidParameter(f"top_k must be between 1 and {self.settings.max_top_k}, got {k}")
+    async def predict(self, encoded: list[bytes], k: int, pin: Pin, request_id: str | None = None,
+                      gsd_m: float | None = None) -> PredictResult:
+        validation.check_top_k(k, self.settings.max_top_k)
         if not encoded:
             raise InvalidParameter("no images in the request")
         if len(encoded) > self.settings.max_batch_instances:
             raise InvalidParameter(f"{len(encoded)} images in one request; the limit is "
                                    f"{self.settings.max_batch_instances}")
+        self.check_gsd(gsd_m)
         request_id = request_id or uuid.uuid4().hex
         async with self.admit():
-            decoded = [await self.decode(data) for data in encoded]
+            decoded = [await self.decode_scene(data, gsd_m) for data in encoded]
 
             async def work(target: Target, meta: VersionMeta) -> PredictResult:
-                batch = np.stack([resize(image, meta.input_size) for image in decoded])
-                result = await self._predict_batch(target, batch)
-                names = self.backend.meta(target.model, result.version).class_names
-                self.router.mirror(self, target, batch, result)
-                return PredictResult(target.model, result.version,
-                                     [top_k(p, min(k, len(names)), names) for p in result.probabilities], request_id)
+                """Single tiles share one backend call (and the shadow mirror); a scene ranks its class distribution."""
+                layouts = [self.layout(image, meta) for image in decoded]
+                singles = [i for i, layout in enumerate(layouts) if layout is None]
+                probabilities: list = [None] * len(decoded)
+                scenes: list[SceneSummary | None] = [None] * len(decoded)
+                versions = set()
+                if singles:
+                    batch = np.stack([resize(decoded[i].pixels, meta.input_size) for i in singles])
+                    result = await self._predict_batch(target, batch)
+                    self.router.mirror(self, target, batch, result)
+                    versions.add(result.version)
+                    for j, i in enumerate(singles):
+                        probabilities[i] = result.probabilities[j]
+                for i, layout in enumerate(layouts):
+                    if layout is not None:
+                        version, probabilities[i], _, scenes[i] = await self._scene_predict(target, meta, decoded[i])
+                        versions.add(version)
+                if len(versions) > 1:
+                    raise NotFound("the version moved while the request was being served")
+                version = versions.pop()
+                names = self.backend.meta(target.model, version).class_names
+                return PredictResult(target.model, version,
+                                     [top_k(p, min(k, len(names)), names) for p in probabilities], request_id,
+                                     scenes if any(scenes) else None)
 
             return await self._observed("predict", pin, work)
 
@@ -219,42 +436,42 @@ class GatewayCore:
         if len(given) > 1:
             raise InvalidParameter("give at most one of class (label or index) and rank")
         if choice.label is not None:
-            if choice.label not in names:
-                raise InvalidParameter(f"unknown class {choice.label!r}; classes: {', '.join(names)}")
+            if validation.check_class_label(choice.label) not in names:
+                raise InvalidParameter(f"unknown class {validation.excerpt(choice.label)}; "
+                                       f"classes: {', '.join(names)}")
             return names.index(choice.label)
         if choice.index is not None:
-            if not 0 <= choice.index < len(names):
-                raise InvalidParameter(f"class index {choice.index} out of range 0..{len(names) - 1}")
-            return choice.index
+            return validation.check_class_index(choice.index, len(names))
         if choice.rank is not None:
-            if not 1 <= choice.rank <= len(names):
-                raise InvalidParameter(f"rank must be between 1 and {len(names)}, got {choice.rank}")
+            validation.check_rank(choice.rank, len(names))
             return None if choice.rank > 1 else -1
         return -1
 
     async def gradcam(self, encoded: bytes, choice: ClassChoice, options: CamOptions, pin: Pin,
-                      request_id: str | None = None) -> GradCamResult:
-        if options.method not in cam.METHODS:
-            raise InvalidParameter(f"unknown method {options.method!r}; methods: {', '.join(cam.METHODS)}")
-        if options.colormap not in render.COLORMAPS:
-            raise InvalidParameter(f"unknown colormap {options.colormap!r}; colormaps: {', '.join(render.COLORMAPS)}")
-        if not 0 <= options.alpha <= 1:
-            raise InvalidParameter(f"alpha must be between 0 and 1, got {options.alpha}")
-        if options.max_side is not None and options.max_side < 1:
-            raise InvalidParameter(f"max_side must be at least 1, got {options.max_side}")
+                      request_id: str | None = None, gsd_m: float | None = None) -> GradCamResult:
+        options = replace(options, method=validation.validate_method(options.method),
+                          colormap=validation.validate_colormap(options.colormap),
+                          alpha=validation.check_alpha(options.alpha),
+                          max_side=validation.check_max_side(options.max_side))
+        self.check_gsd(gsd_m)
         max_side = min(options.max_side or self.settings.max_output_side, self.settings.max_output_side)
         request_id = request_id or uuid.uuid4().hex
         async with self.admit():
-            image = await self.decode(encoded)
+            decoded = await self.decode_scene(encoded, gsd_m)
+            image = decoded.pixels
 
             async def work(target: Target, meta: VersionMeta) -> GradCamResult:
+                layout = self.layout(decoded, meta)
+                if layout is not None:
+                    return await self._scene_gradcam(target, meta, decoded, layout, choice, options, max_side,
+                                                     request_id)
                 x = resize(image, meta.input_size)
                 index = self._class_index(choice, meta.class_names)
                 if index is None:  # explain the rank-th class: rank it first, on the same version
                     ranked = await self._predict_batch(Target(target.model, target.version), x[None])
                     index = int(np.argsort(-ranked.probabilities[0], kind="stable")[choice.rank - 1])
                     target = Target(target.model, ranked.version)
-                explained = await self._explain_batch(target, x, index, options.method)
+                explained = await self._explain_batch(target, x[None], index, options.method)
                 stages = [(a[0], g[0]) for a, g in explained.stages]
                 args = (image, stages, options, max_side)
                 small = image.shape[0] * image.shape[1] <= INLINE_PIXELS
@@ -266,6 +483,36 @@ class GatewayCore:
                                      request_id)
 
             return await self._observed("gradcam", pin, work)
+
+    async def _scene_gradcam(self, target: Target, meta: VersionMeta, image: SceneImage, layout: Layout,
+                             choice: ClassChoice, options: CamOptions, max_side: int, request_id: str) -> GradCamResult:
+        """One heat map for one class over the whole scene: `class`/`rank` refer to the scene's distribution."""
+        tiles = await asyncio.to_thread(self.scene_tiles, image, layout)
+        index = self._class_index(choice, meta.class_names)
+        version, classmap, summary = await self._classify_tiles(target, meta, layout, tiles)
+        distribution = classmap.distribution()
+        if index is None or index < 0:
+            index = int(np.argsort(-distribution, kind="stable")[(choice.rank or 1) - 1])
+        explained = await self._explain_tiles(Target(target.model, version), tiles, index, options.method)
+        if explained.version != version:
+            raise NotFound("the version moved while the scene was being explained")
+        heatmap, png = await asyncio.to_thread(self._render_scene, image.pixels, layout.grid, explained, index,
+                                               options, max_side)
+        names = self.backend.meta(target.model, version).class_names
+        return GradCamResult(target.model, version, names[index], index, float(distribution[index]), options.method,
+                             heatmap, png, request_id, summary)
+
+    @staticmethod
+    def _render_scene(image: np.ndarray, grid: scene.Grid, explained: Explanation, index: int, options: CamOptions,
+                      max_side: int) -> tuple[np.ndarray, bytes]:
+        canvas = None
+        for i in range(len(grid)):
+            stages = [(a[i], g[i]) for a, g in explained.stages]
+            tile_map = scene.tile_heatmap(options.method, stages, float(explained.probabilities[i, index]))
+            canvas = canvas or scene.HeatmapCanvas(grid, tile_map.shape)
+            canvas.paint(i // grid.cols, i % grid.cols, tile_map)
+        blended = render.overlay(image, canvas.data, options.alpha, options.colormap, max_side)
+        return canvas.data, render.encode_png(blended)
 
     @staticmethod
     def _render(image: np.ndarray, stages, options: CamOptions, max_side: int) -> tuple[np.ndarray, bytes]:

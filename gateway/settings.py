@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     max_batch_instances: int = Field(32, gt=0, le=1024, description="largest JSON batch")
     max_top_k: int = Field(100, gt=0, description="largest top_k accepted")
     max_output_side: int = Field(1024, ge=64, description="cap on the heat-map PNG's longest side")
+    max_scene_tiles: int = Field(1024, gt=0, description="most tiles one request may cover at the model's ground "
+                                 "resolution (1024: 2048x2048 px at 10 m, 420 km2); larger rasters: `python -m gateway "
+                                 "scene`")
+    min_gsd_m: float = Field(0.01, gt=0, description="smallest accepted gsd_m (metres per pixel)")
+    max_gsd_m: float = Field(10_000, gt=0, description="largest accepted gsd_m (metres per pixel)")
     max_batch_size: int = Field(32, gt=0, description="micro-batching: most images per backend call")
     batch_slots: int = Field(2, gt=0, le=64, description="micro-batching: concurrent backend calls per version; "
                              "requests arriving while all are busy are merged into the next call")

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateway.core import CamOptions, ClassChoice, GatewayCore, Pin
+from gateway.core import CamOptions, ClassChoice, GatewayCore, Pin, classmap_geotiff
 from gateway.errors import GatewayError
 from gateway.protos import gateway_pb2, gateway_pb2_grpc
 
 SERVICE = "scenecam.v1.Gateway"
+
+
+def _scene(summary) -> gateway_pb2.Scene | None:
+    if summary is None:
+        return None
+    return gateway_pb2.Scene(
+        rows=summary.rows, cols=summary.cols, cell_height_px=summary.cell_size_px[0],
+        cell_width_px=summary.cell_size_px[1], gsd_m=summary.gsd_m or 0.0,
+        composition=[gateway_pb2.CompositionEntry(label=label, index=index, fraction=fraction)
+                     for label, index, fraction in summary.composition])
+
+
+def _gsd(request) -> float | None:
+    return request.gsd_m if request.HasField("gsd_m") else None
 
 
 def _pin(target: gateway_pb2.Target, metadata) -> Pin:
@@ -25,14 +41,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Predict(self, request: gateway_pb2.PredictRequest, context: grpc.aio.ServicerContext):
         try:
             result = await self.core.predict(list(request.images), request.top_k or 5,
-                                             _pin(request.target, context.invocation_metadata()))
+                                             _pin(request.target, context.invocation_metadata()), gsd_m=_gsd(request))
         except GatewayError as exc:
             await context.abort(exc.grpc_status, exc.message)
         return gateway_pb2.PredictResponse(
             model=result.model, version=result.version, request_id=result.request_id,
             results=[gateway_pb2.Predictions(predictions=[
-                gateway_pb2.Prediction(label=r.label, index=r.index, probability=r.probability) for r in ranked])
-                for ranked in result.predictions])
+                gateway_pb2.Prediction(label=r.label, index=r.index, probability=r.probability) for r in ranked],
+                scene=_scene(scene))
+                for ranked, scene in zip(result.predictions, result.scenes or [None] * len(result.predictions),
+                                         strict=True)])
 
     async def GradCam(self, request: gateway_pb2.GradCamRequest, context: grpc.aio.ServicerContext):
         choice = ClassChoice(
@@ -44,14 +62,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                              request.colormap or "turbo", request.max_side or None)
         try:
             result = await self.core.gradcam(request.image, choice, options,
-                                             _pin(request.target, context.invocation_metadata()))
+                                             _pin(request.target, context.invocation_metadata()), gsd_m=_gsd(request))
         except GatewayError as exc:
             await context.abort(exc.grpc_status, exc.message)
         return gateway_pb2.GradCamResponse(
             model=result.model, version=result.version, label=result.label, index=result.index,
             probability=result.probability, png=result.png, heatmap_height=result.heatmap.shape[0],
             heatmap_width=result.heatmap.shape[1], heatmap=np.asarray(result.heatmap, np.float32).ravel().tolist(),
-            method=result.method, request_id=result.request_id)
+            method=result.method, request_id=result.request_id, scene=_scene(result.scene))
+
+    async def ClassMap(self, request: gateway_pb2.ClassMapRequest, context: grpc.aio.ServicerContext):
+        try:
+            result = await self.core.classmap(request.image, _gsd(request),
+                                              _pin(request.target, context.invocation_metadata()))
+            tiff = await asyncio.to_thread(classmap_geotiff, result) if request.geotiff else b""
+        except GatewayError as exc:
+            await context.abort(exc.grpc_status, exc.message)
+        return gateway_pb2.ClassMapResponse(
+            model=result.model, version=result.version, class_names=list(result.class_names),
+            scene=_scene(result.summary), classes=result.classmap.classes.ravel().tolist(),
+            confidence=result.classmap.confidence.ravel().tolist(), geotiff=tiff, request_id=result.request_id)
 
 
 async def start_grpc_server(core: GatewayCore, host: str, port: int) -> tuple[grpc.aio.Server, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.errors import NotFound
+from gateway.errors import Conflict, NotFound
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,36 @@ class VersionMeta:
     class_names: tuple[str, ...]
     input_size: tuple[int, int]
     metrics: dict = field(default_factory=dict, compare=False, hash=False)
+    card: dict = field(default_factory=dict, compare=False, hash=False)  # STAC MLM model card (assets/model_card.json)
 
     @classmethod
     def read(cls, version_dir: Path) -> VersionMeta:
         meta = json.loads((version_dir / "assets" / "metadata.json").read_text())
+        card_file = version_dir / "assets" / "model_card.json"
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
         return cls(int(version_dir.name), tuple(meta["class_names"]), tuple(meta["input_size"]),
-                   meta.get("metrics", {}))
+                   meta.get("metrics", {}), card)
+
+    @property
+    def gsd_m(self) -> float | None:
+        """Metres per pixel of a `tile` model (its card's `gsd`); None for an `image` model or a version without one."""
+        gsd = self.card.get("properties", {}).get("gsd")
+        return float(gsd) if self.is_tile and gsd else None
+
+    @property
+    def is_tile(self) -> bool:
+        """A tile model reads ground at one scale: larger inputs are resampled and tiled, never squashed."""
+        return self.card.get("properties", {}).get("scenecam:input_kind") == "tile"
+
+    @property
+    def colors(self) -> list[tuple[int, int, int]]:
+        """RGB colour per class from the card's `color_hint`, else a fixed cycle (the class-map palette)."""
+        hints = {}
+        for output in self.card.get("properties", {}).get("mlm:output", []):
+            hints.update({c["value"]: c.get("color_hint") for c in output.get("classification:classes", [])})
+        cycle = ("1F77B4", "FF7F0E", "2CA02C", "D62728", "9467BD", "8C564B", "E377C2", "7F7F7F", "BCBD22", "17BECF")
+        hexes = [hints.get(i) or cycle[i % len(cycle)] for i in range(len(self.class_names))]
+        return [tuple(int(h[j:j + 2], 16) for j in (0, 2, 4)) for h in hexes]
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,11 @@ def explanation_from(version: int, out: dict[str, np.ndarray]) -> Explanation:
     """A `gradcam` or `gradcam_multilayer` signature's outputs, with the stages it returned, last stage first."""
     stages = [(out[a], out[g]) for a, g in STAGE_OUTPUTS if a in out]
     return Explanation(version, out["probabilities"], out["class_index"], stages)
+
+
+def load_failed(model: str, version: int, reason: str) -> Conflict:
+    """One wording, whichever backend tried, for a version that cannot load: a rollout of it ends at once with it."""
+    return Conflict(f"model {model!r} version {version} failed to load: {reason}")
 
 
 def read_version_metas(model_dir: Path) -> dict[int, VersionMeta]:
@@ -119,6 +148,10 @@ class Backend(abc.ABC):
     async def explain(self, images: np.ndarray, class_index: np.ndarray, target: Target, timeout: float,
                       signature: str = GRADCAM) -> Explanation:
         """`gradcam` (or `gradcam_multilayer`) with class_index int32 [N] (-1: the top class)."""
+
+    @abc.abstractmethod
+    async def signatures(self, model: str, version: int) -> frozenset[str]:
+        """The signature names a loaded version serves, from its SavedModel: which CAM methods it can answer."""
 
     @abc.abstractmethod
     async def version_states(self, model: str) -> dict[int, str]:
