@@ -113,7 +113,7 @@ def _document_manual_bodies(app: FastAPI) -> None:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (schemas.PredictBatchRequest, schemas.GradCamJSON):
+            for model in (schemas.PredictBatchRequest, schemas.GradCamJSON, schemas.ClassMapJSON):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(schema.pop("$defs", {}))
                 components[model.__name__] = schema

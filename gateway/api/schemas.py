@@ -47,11 +47,25 @@ class TargetParams(Strict):
                               json_schema_extra={"pattern": NAME_PATTERN})
 
 
-class PredictParams(TargetParams):
+class SceneParams(TargetParams):
+    gsd_m: float | None = Field(None, description="metres per pixel of an input without a geotransform (PNG, JPEG, "
+                                "plain TIFF); a GeoTIFF's own resolution is read from its file. Default: the model's "
+                                "(EuroSAT: 10). A tile model resamples the input to its own GSD and tiles it",
+                                json_schema_extra={"exclusiveMinimum": 0})
+
+
+class ClassMapParams(SceneParams):
+    overlay: bool = Field(False, description="PNG: draw the class map over the image instead of alone")
+    alpha: float = Field(0.45, description="PNG overlay opacity", json_schema_extra={"minimum": 0, "maximum": 1})
+    max_side: AsciiInt | None = Field(None, description="longest side of the PNG (capped by the gateway)",
+                                      json_schema_extra={"minimum": 16})
+
+
+class PredictParams(SceneParams):
     top_k: AsciiInt = Field(5, description="classes per image", json_schema_extra={"minimum": 1})
 
 
-class GradCamParams(TargetParams):
+class GradCamParams(SceneParams):
     class_: str | None = Field(None, alias="class", description="class to explain: a label, or an index in ASCII "
                                "digits (default: the top class)", json_schema_extra={"maxLength": 128})
     rank: AsciiInt | None = Field(None, description="explain the rank-th most probable class (1 = top)",
