@@ -58,27 +58,23 @@ def hirescam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
 
 
 def eigencam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """Eigen-CAM: projection on the first principal component of A; class-agnostic, gradients are ignored."""
+    """Eigen-CAM: projection on the first right singular vector of A; class-agnostic, gradients are ignored.
+
+    Uncentred, as in the paper (Muhammad & Yeasin 2020): for post-ReLU activations the projection is then positive
+    wherever there is activation. Centring first (as some libraries do) and clipping blanks every below-average
+    position, about half the map, whatever the content: on the committed model 41% of 300 test tiles got a map whose
+    (even, even) / (odd, odd) cell ratio fell outside 0.8-1.25 that way, none uncentred.
+    """
     del gradients
     h, w, k = activations.shape
     flat = activations.reshape(h * w, k).astype(np.float64)
-    centred = flat - flat.mean(axis=0)
-    if not np.any(centred):
+    if not np.any(flat):
         return np.zeros((h, w), np.float32)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    projection = centred @ vt[0]
-    return _relu(projection * _pc_sign(projection, flat.sum(axis=1))).reshape(h, w).astype(np.float32)
-
-
-def _pc_sign(projection: np.ndarray, energy: np.ndarray) -> float:
-    """An SVD component's sign is arbitrary: orient it along the total activation, else make its largest tail positive.
-
-    Without this the relu can keep the background half and blank out the object.
-    """
-    corr = float(projection @ (energy - energy.mean()))
-    if abs(corr) > EPS * (np.abs(projection).sum() + 1.0):
-        return 1.0 if corr > 0 else -1.0
-    return 1.0 if projection.max() >= -projection.min() else -1.0
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    projection = flat @ vt[0]
+    # A singular vector's sign is arbitrary: orient it along the total activation (for post-ReLU A it is all positive).
+    sign = 1.0 if projection @ flat.sum(axis=1) >= 0 else -1.0
+    return _relu(projection * sign).reshape(h, w).astype(np.float32)
 
 
 METHODS: dict[str, CamFn] = {
@@ -133,6 +129,23 @@ def fuse(maps: list[np.ndarray]) -> np.ndarray:
     return normalize(fused)
 
 
+def pool_to_cells(gradients: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
+    """Average [H, W, K] gradients over the input cells of a coarser [h, w] stage, then spread each mean back.
+
+    Why: a high-resolution stage reaches the next one through a stride-2 projection block whose 1x1 shortcut reads only
+    every second position, so its gradients are about 7x larger at (even, even) positions than at (odd, odd) ones, and
+    a map weighted by them draws that lattice. The mean over a cell is the gradient of a change spread evenly over
+    what one next-stage position reads: no lattice, while the activations keep the map at full resolution.
+    """
+    height, width = gradients.shape[:2]
+    rows, cols = np.arange(height) * cells[0] // height, np.arange(width) * cells[1] // width
+    pick_rows = (rows[None, :] == np.arange(cells[0])[:, None]).astype(np.float32)
+    pick_cols = (cols[None, :] == np.arange(cells[1])[:, None]).astype(np.float32)
+    pooled = np.einsum("ia,abk,jb->ijk", pick_rows / np.maximum(pick_rows.sum(1, keepdims=True), 1), gradients,
+                       pick_cols / np.maximum(pick_cols.sum(1, keepdims=True), 1))
+    return pooled[rows][:, cols].astype(np.float32)
+
+
 def _check_stages(stages: list[Stage], needed: int) -> None:
     if len(stages) < needed:
         raise ValueError(f"this method needs {needed} stage(s) of (activations, gradients), got {len(stages)}")
@@ -152,7 +165,10 @@ def compute_cam(method: str, stages: list[Stage]) -> np.ndarray:
     used = stages if method in MULTI_LAYER else stages[:1]
     _check_stages(used, 2 if method in MULTI_LAYER else 1)
     fn = METHODS[method]
-    maps = [normalize(fn(np.asarray(a, np.float32), np.asarray(g, np.float32))) for a, g in used]
+    used = [(np.asarray(a, np.float32), np.asarray(g, np.float32)) for a, g in used]
+    # Each higher-resolution stage's gradients are pooled over the cells of the stage after it (see pool_to_cells).
+    used = used[:1] + [(a, pool_to_cells(g, used[i][0].shape[:2])) for i, (a, g) in enumerate(used[1:])]
+    maps = [normalize(fn(a, g)) for a, g in used]
     if len(maps) == 1:
         return maps[0]
     size = max((m.shape for m in maps), key=lambda s: s[0] * s[1])

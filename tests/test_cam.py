@@ -15,6 +15,7 @@ from gateway.cam import (
     hirescam,
     layercam,
     normalize,
+    pool_to_cells,
     upsample,
     xgradcam,
 )
@@ -98,12 +99,27 @@ def test_eigencam_ignores_gradients_and_sign_follows_activation():
     acts, grads = blob_stage(np.random.default_rng(3), 8, 8, (slice(0, 3), slice(0, 3)))
     a = eigencam(acts, grads)
     np.testing.assert_array_equal(a, eigencam(acts, -grads))
-    assert a[:3, :3].min() > 0 and a[4:, 4:].max() == 0
+    assert a[:3, :3].min() > 10 * a[4:, 4:].max()
+    np.testing.assert_array_equal(eigencam(-acts, grads), 0)  # oriented along the total activation, then relu
+
+
+def test_eigencam_is_uncentred_so_it_keeps_every_activated_position():
+    """The projection on the first right singular vector of A itself (the paper's), not of A minus its mean: centring
+    and clipping would blank every below-average position, about half of a texture's map."""
+    acts = np.random.default_rng(7).uniform(0.5, 1.5, (8, 8, 16)).astype(np.float32)
+    out = eigencam(acts, acts)
+    np.testing.assert_allclose(out, (acts @ _first_right_singular(acts)).astype(np.float32), rtol=1e-5)
+    assert out.min() > 0.5 * out.max()
+
+
+def _first_right_singular(acts: np.ndarray) -> np.ndarray:
+    vector = np.linalg.svd(acts.reshape(-1, acts.shape[-1]).astype(np.float64), full_matrices=False)[2][0]
+    return vector * np.sign(vector.sum())
 
 
 def test_eigencam_constant_activations_are_blank():
-    out = eigencam(np.ones((4, 4, 3), np.float32), np.ones((4, 4, 3), np.float32))
-    assert not out.any()
+    assert not compute_cam("eigencam", [(np.ones((4, 4, 3), np.float32), np.ones((4, 4, 3), np.float32))]).any()
+    assert not eigencam(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 3), np.float32)).any()
 
 
 def test_normalize_flat_and_range():
@@ -179,11 +195,35 @@ def test_registry_names():
     assert set(METHODS) >= MULTI_LAYER
 
 
-def test_eigencam_sign_correction():
-    from gateway.cam import _pc_sign
+def lattice(h: int, w: int) -> np.ndarray:
+    """7x at (even, even) positions, 1.5x at (even, odd) / (odd, even): what a stride-2 1x1 shortcut leaves."""
+    weight = np.ones((h, w), np.float32)
+    weight[0::2, :] *= 1.5
+    weight[:, 0::2] *= 1.5
+    weight[0::2, 0::2] = 7.0
+    return weight
 
-    energy = np.array([0.0, 0.0, 5.0, 1.0])
-    proj = np.array([-1.0, -1.0, 3.0, -1.0])
-    assert _pc_sign(proj, energy) == 1.0 and _pc_sign(-proj, energy) == -1.0
-    flat_energy = np.ones(4)  # no correlation to go by: the larger tail becomes the positive one
-    assert _pc_sign(proj, flat_energy) == 1.0 and _pc_sign(-proj, flat_energy) == -1.0
+
+def test_pool_to_cells_averages_each_next_stage_cell():
+    grads = np.random.default_rng(8).normal(0, 1, (16, 16, 3)).astype(np.float32)
+    pooled = pool_to_cells(grads, (8, 8))
+    assert pooled.shape == grads.shape and pooled.dtype == np.float32
+    np.testing.assert_allclose(pooled[4:6, 2:4], np.broadcast_to(grads[4:6, 2:4].mean(axis=(0, 1)), (2, 2, 3)),
+                               rtol=1e-5, atol=1e-6)
+    odd = pool_to_cells(grads[:15, :13], (8, 7))  # not a multiple: cells of unequal size, still their means
+    np.testing.assert_allclose(odd[0, 0], grads[:2, :2].mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pool_to_cells(grads, (16, 16)), grads)
+
+
+def test_layercam_fused_has_no_stride_lattice():
+    """Planted lattice in the fine stage's gradients: LayerCAM on it draws dots, the fused map does not."""
+    rng = np.random.default_rng(9)
+    coarse = gap_stage(rng)[:2]
+    acts = np.maximum(rng.normal(0.5, 1.0, (16, 16, 8)), 0).astype(np.float32)
+    grads = (rng.uniform(0.2, 1.0, (16, 16, 8)) * lattice(16, 16)[..., None]).astype(np.float32)
+
+    def ratio(m: np.ndarray) -> float:
+        return float(m[0::2, 0::2].mean() / m[1::2, 1::2].mean())
+
+    assert ratio(normalize(layercam(acts, grads))) > 3
+    assert 0.8 < ratio(compute_cam("layercam-fused", [coarse, (acts, grads)])) < 1.25
