@@ -20,6 +20,7 @@ COLORMAPS: dict[str, int] = {
 }
 DEFAULT_COLORMAP = "turbo"
 PNG_COMPRESSION = 1  # latency matters more than a few kB in an API response
+MIN_OUTPUT_SIDE = 256  # default overlay size for small images: a 64 px tile is shown 4x
 
 
 def _check_rgb(image_rgb: np.ndarray) -> None:
@@ -27,18 +28,25 @@ def _check_rgb(image_rgb: np.ndarray) -> None:
         raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image_rgb.dtype} {image_rgb.shape}")
 
 
-def fit_max_side(image_rgb: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale (never upscale) so the longest side is at most max_side; INTER_AREA avoids aliasing."""
-    if max_side is None:
-        return image_rgb
-    if max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
+def output_side(shape: tuple[int, ...], max_side: int | None = None, cap: int | None = None) -> int:
+    """Longest side of an overlay: `max_side` when asked (larger or smaller than the image), else the image's own but
+    at least MIN_OUTPUT_SIDE so a 64 px tile is big enough to see; never above `cap` (GATEWAY_MAX_OUTPUT_SIDE)."""
+    for name, value in (("max_side", max_side), ("cap", cap)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    side = max_side if max_side is not None else max(max(shape[:2]), MIN_OUTPUT_SIDE)
+    return side if cap is None else min(side, cap)
+
+
+def fit_side(image_rgb: np.ndarray, side: int) -> np.ndarray:
+    """Scale so the longest side is exactly `side`: INTER_AREA down (no aliasing), nearest-neighbour up, so an
+    enlarged tile shows the pixels the model saw as crisp squares instead of inventing smooth detail."""
     height, width = image_rgb.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1.0:
+    if side == max(height, width):
         return image_rgb
+    scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
 
 
 def colorize(cam: np.ndarray, size: tuple[int, int], colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
@@ -64,12 +72,13 @@ def _lut(colormap: str) -> np.ndarray:
 
 
 def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45, colormap: str = DEFAULT_COLORMAP,
-            max_side: int | None = None) -> np.ndarray:
-    """Blend the coloured map over the image: (1 - alpha) * image + alpha * heat, RGB uint8."""
+            max_side: int | None = None, cap: int | None = None) -> np.ndarray:
+    """Blend the coloured map over the image, (1 - alpha) * image + alpha * heat, RGB uint8, with its longest side at
+    `output_side(image, max_side, cap)`."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     _check_rgb(image_rgb)
-    base = np.ascontiguousarray(fit_max_side(image_rgb, max_side))
+    base = np.ascontiguousarray(fit_side(image_rgb, output_side(image_rgb.shape, max_side, cap)))
     heat = colorize(cam, base.shape[:2], colormap)
     return cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.render import COLORMAPS, colorize, encode_png, overlay
+from gateway.render import COLORMAPS, MIN_OUTPUT_SIDE, colorize, encode_png, output_side, overlay
 
 
 def image(h: int = 60, w: int = 100) -> np.ndarray:
@@ -23,24 +23,39 @@ def test_colormaps_are_opencv_constants():
 
 
 @pytest.mark.parametrize("colormap", sorted(COLORMAPS))
-def test_overlay_keeps_input_size(colormap):
-    out = overlay(image(), ramp(), colormap=colormap)
-    assert out.shape == (60, 100, 3) and out.dtype == np.uint8
+def test_overlay_keeps_the_size_of_an_image_at_least_min_output_side(colormap):
+    out = overlay(image(300, 500), ramp(), colormap=colormap)
+    assert out.shape == (300, 500, 3) and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize(("shape", "max_side", "expected"), [
-    ((60, 100), 50, (30, 50)),
-    ((100, 60), 50, (50, 30)),
-    ((60, 100), 400, (60, 100)),  # never upscaled
-    ((60, 100), None, (60, 100)),
+@pytest.mark.parametrize(("shape", "max_side", "cap", "expected"), [
+    ((60, 100), 50, None, (30, 50)),
+    ((100, 60), 50, None, (50, 30)),
+    ((60, 100), 400, None, (240, 400)),  # upscaled to what was asked
+    ((64, 64), 2000, None, (2000, 2000)),
+    ((64, 64), 2000, 1024, (1024, 1024)),  # ... up to the cap (GATEWAY_MAX_OUTPUT_SIDE)
+    ((64, 64), None, None, (MIN_OUTPUT_SIDE, MIN_OUTPUT_SIDE)),  # a tile is shown big enough to see by default
+    ((60, 100), None, None, (154, MIN_OUTPUT_SIDE)),
+    ((64, 64), None, 128, (128, 128)),
+    ((3000, 1500), None, 1024, (1024, 512)),  # a large image is brought down to the cap
+    ((300, 500), None, None, (300, 500)),
 ])
-def test_overlay_respects_max_side(shape, max_side, expected):
-    out = overlay(image(*shape), ramp(), max_side=max_side)
+def test_overlay_side(shape, max_side, cap, expected):
+    out = overlay(image(*shape), ramp(), max_side=max_side, cap=cap)
     assert out.shape == (*expected, 3)
+    assert output_side(shape, max_side, cap) == max(expected)
+
+
+def test_upscaled_tile_keeps_its_pixels_as_squares():
+    """Nearest-neighbour up: each tile pixel becomes a 4x4 block of the same colour (nothing invented)."""
+    tile = image(64, 64)
+    up = overlay(tile, ramp(), alpha=0.0)
+    assert up.shape == (256, 256, 3)
+    np.testing.assert_array_equal(up, np.repeat(np.repeat(tile, 4, axis=0), 4, axis=1))
 
 
 def test_alpha_zero_returns_the_original():
-    img = image()
+    img = image(300, 500)
     np.testing.assert_array_equal(overlay(img, ramp(), alpha=0.0), img)
     np.testing.assert_array_equal(overlay(img, ramp(), alpha=0.0, max_side=50), cv2.resize(img, (50, 30),
                                                                                          interpolation=cv2.INTER_AREA))
@@ -54,7 +69,7 @@ def test_alpha_one_is_the_heat_map_in_rgb():
 
 
 def test_blend_is_a_weighted_mean():
-    img = image()
+    img = image(300, 500)
     heat = colorize(ramp(), img.shape[:2])
     expected = np.rint(0.6 * img + 0.4 * heat.astype(np.float64))
     np.testing.assert_allclose(overlay(img, ramp(), alpha=0.4).astype(np.float64), expected, atol=1)
@@ -82,6 +97,8 @@ def test_errors():
         overlay(image(), np.ones((2, 2, 2), np.float32))
     with pytest.raises(ValueError, match="max_side"):
         overlay(image(), ramp(), max_side=0)
+    with pytest.raises(ValueError, match="cap"):
+        overlay(image(), ramp(), cap=-1)
 
 
 def test_png_round_trip():
