@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear learning-rate warm-up before cosine decay (default %(default)s)")
     t.add_argument("--init-from", default=d.init_from,
                    help="start from this trained .keras (same architecture) instead of random weights")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last epoch checkpoint, with the run's own settings")
 
     e = sub.add_parser("evaluate", help="metrics, confusion matrix and curves on the run's test split")
     run_dir(e)
@@ -87,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command in ("train", "all"):
-            from exporter.train import train
+            from exporter.config import resume_config
 
             fields = TrainConfig.__dataclass_fields__
-            train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+            cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+            cfg = resume_config(args.run_dir, cfg, DEFAULTS) if args.resume else cfg  # refuse before loading TF
+
+            from exporter.train import train
+
+            train(cfg, resume=args.resume)
         if args.command in ("evaluate", "all"):
             from exporter.evaluate import evaluate
 

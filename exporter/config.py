@@ -1,8 +1,15 @@
-"""Training settings, kept free of TensorFlow imports so the CLI can show their defaults without loading it."""
+"""Training settings and the run's checkpoint pointer, kept free of TensorFlow imports so the CLI can show defaults
+and refuse a bad `--resume` without loading it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from exporter.errors import ExporterError
+
+STATE_FILE = "checkpoint.json"  # the commit point of a checkpoint: written last, atomically
 
 
 @dataclass
@@ -28,3 +35,41 @@ class TrainConfig:
     def from_json(cls, config: dict, **overrides) -> TrainConfig:
         """A run's config as `run.json` / the version metadata store it (JSON has lists, not tuples)."""
         return cls(**{**config, "widths": tuple(config["widths"]), **overrides})
+
+    @property
+    def schedule_warmup_epochs(self) -> int:
+        """Warm-up actually used: at most a quarter of the run, so a short run still reaches (and decays from) its
+        peak learning rate instead of spending every step below it (issue 15)."""
+        return min(self.warmup_epochs, self.epochs // 4)
+
+
+def read_state(run_dir: str | Path) -> dict | None:
+    """The last completed epoch's checkpoint record of a run directory, or None if it has none."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExporterError(f"cannot read checkpoint record {path}: {exc}") from exc
+
+
+def require_state(run_dir: str | Path) -> dict:
+    state = read_state(run_dir)
+    if state is None:
+        raise ExporterError(f"{run_dir} holds no checkpoint ({STATE_FILE}) to resume: train without --resume first")
+    return state
+
+
+def resume_config(run_dir: str | Path, given: TrainConfig, defaults: TrainConfig) -> TrainConfig:
+    """The settings a resumed run continues with: its own. A flag given with a different value is refused, since
+    changing e.g. --epochs mid-run would change the schedule the first part was trained on."""
+    saved = TrainConfig.from_json(require_state(run_dir)["config"], run_dir=str(run_dir))
+    changed = [
+        f"--{name.replace('_', '-')} (run: {getattr(saved, name)}, given: {value})"
+        for name, value in asdict(given).items()
+        if name not in ("run_dir", "data") and value != getattr(defaults, name) and value != getattr(saved, name)
+    ]
+    if changed:
+        raise ExporterError(f"--resume continues {run_dir} with its own settings; drop {', '.join(changed)}")
+    return replace(saved, data=given.data) if given.data != defaults.data else saved  # the data may have moved

@@ -1,4 +1,4 @@
-"""tf.data input pipelines: parallel decode, cache, augmentation suited to overhead imagery, prefetch."""
+"""tf.data input pipelines: parallel decode, augmentation suited to overhead imagery, resumable epochs, prefetch."""
 
 from __future__ import annotations
 
@@ -35,24 +35,36 @@ def augment(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(x, 0, 255)
 
 
-def make_dataset(
-    data: Dataset, size: int, batch_size: int, training: bool, seed: int = 1337
+def training_batches(
+    images: np.ndarray, labels: np.ndarray, depth: int, batch_size: int, seed: int, first_epoch: int, epochs: int
 ) -> tf.data.Dataset:
-    """Batches of (float32 images in 0..255, one-hot labels); training batches are shuffled and augmented."""
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(data.images), tf.constant(data.labels)))
-    ds = ds.map(lambda b, y: (_decode(b, size), y), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
-    depth = len(data.class_names)
-    if training:
-        ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda xy, s: (augment(xy[0], s, size), tf.one_hot(xy[1], depth)),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, depth)))
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    """Shuffled, augmented batches of epochs `first_epoch..epochs-1`, back to back, for one `fit(steps_per_epoch=)`.
+
+    Epoch e's order and every augmentation draw are stateless functions of (seed, e) alone, so a run resumed at
+    epoch e sees exactly the batches an uncut run would have seen; nothing about the data needs checkpointing.
+    """
+    size = images.shape[1]
+    n = len(labels)
+    images, onehot = tf.constant(images), tf.one_hot(labels, depth)
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        key = tf.stack([tf.constant(seed, tf.int64), e])
+        order = tf.argsort(tf.random.stateless_uniform([n], key))
+        draws = tf.random.experimental.stateless_split(key, n)
+        ds = tf.data.Dataset.from_tensor_slices((order, draws))
+        ds = ds.map(lambda i, s: (augment(tf.gather(images, i), s, size), tf.gather(onehot, i)),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size)
+
+    steps = -(-n // batch_size)
+    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps * (epochs - first_epoch))).prefetch(AUTOTUNE)
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, depth: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of (float32 images in 0..255, one-hot labels), in order, unaugmented."""
+    ds = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, depth)))
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).batch(batch_size).prefetch(AUTOTUNE)
 
 
 def decode_all(data: Dataset, size: int) -> np.ndarray:

@@ -1,8 +1,11 @@
-"""Training from scratch: seeded split, AdamW with warm-up and cosine decay, label smoothing, checkpoints."""
+"""Training from scratch: seeded split, AdamW with warm-up and cosine decay, label smoothing, and a checkpoint after
+every epoch that `train --resume` continues from to the same result as an uncut run."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
 import sys
 import time
 from dataclasses import asdict
@@ -12,15 +15,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exporter.config import TrainConfig
+from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
 from exporter.dataset import Dataset, load_dataset, stratified_split
+from exporter.errors import ExporterError
 from exporter.model import build_resnet
-from exporter.pipeline import make_dataset
+from exporter.pipeline import decode_all, eval_batches, training_batches
+
+CHECKPOINTS = "checkpoints"
 
 
 def _optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(total - 1, cfg.warmup_epochs * steps_per_epoch)
+    warmup = min(total - 1, cfg.schedule_warmup_epochs * steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=cfg.learning_rate * 0.01 if warmup else cfg.learning_rate,
         decay_steps=total - warmup,
@@ -38,24 +44,142 @@ def split_dataset(data: Dataset, cfg: TrainConfig) -> dict[str, Dataset]:
     return {name: data.subset(i) for name, i in idx.items()}
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train and write `run_dir/{model.keras, history.json, run.json}`; returns the run directory."""
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_model_atomically(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras insists on
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _seed_generators(model: keras.Model) -> list:
+    """Dropout's random state: a variable per layer that `.keras` files do not save."""
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def _rng_state(model: keras.Model) -> dict:
+    """Every random state training draws from besides the data (whose draws are keyed by seed and epoch): the
+    model's seed generators, and the Python, NumPy and TensorFlow global generators (unused today, but a change
+    that draws from them must not silently break resume)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "model_seed_generators": [v.numpy().tolist() for v in _seed_generators(model)],
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "tensorflow": tf.random.get_global_generator().state.numpy().tolist(),
+    }
+
+
+def _restore_rng_state(model: keras.Model, state: dict) -> None:
+    for variable, value in zip(_seed_generators(model), state["model_seed_generators"], strict=True):
+        variable.assign(np.asarray(value, variable.dtype))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    generator = tf.random.get_global_generator()
+    generator.reset(tf.constant(state["tensorflow"], generator.state.dtype))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After each epoch: model + optimizer (whose iteration counter is the schedule position) to a new .keras file,
+    then the record pointing at it (history, RNG state, time so far) replaces the old one: the commit point.
+    A cut at any instant leaves the previous complete checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, class_names: list[str], state: dict | None):
+        super().__init__()
+        self.cfg, self.class_names = cfg, class_names
+        self.run_dir = Path(cfg.run_dir)
+        self.history: dict[str, list[float]] = state["history"] if state else {}
+        self.resumed_at: list[int] = state["resumed_at_epochs"] + [state["epochs_done"]] if state else []
+        self.seconds = state["train_seconds"] if state else 0.0
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.seconds += time.perf_counter() - self.epoch_started
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        done = epoch + 1
+        folder = self.run_dir / CHECKPOINTS
+        folder.mkdir(exist_ok=True)
+        name = f"epoch-{done:04d}.keras"
+        _save_model_atomically(self.model, folder / name)
+        progress = {
+            "progress": f"epoch {done}/{self.cfg.epochs}" + (" (resumed)" if self.resumed_at else ""),
+            "epochs_done": done,
+            "epochs": self.cfg.epochs,
+            "resumed_at_epochs": self.resumed_at,
+            "train_seconds": round(self.seconds, 1),
+        }
+        state = {
+            **progress,
+            "checkpoint": f"{CHECKPOINTS}/{name}",
+            "config": asdict(self.cfg),
+            "class_names": self.class_names,
+            "history": self.history,
+            "rng": _rng_state(self.model),
+        }
+        _write_atomically(self.run_dir / STATE_FILE, json.dumps(state))
+        _write_atomically(self.run_dir / "history.json", json.dumps({**progress, **self.history}, indent=1))
+        for old in folder.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()
+
+
+def _check_resumable(cfg: TrainConfig, state: dict | None, resume: bool) -> None:
+    """Never train over an unfinished run by accident; resume only with the settings the run started with."""
+    run_dir = cfg.run_dir
+    if not resume and state and state["epochs_done"] < state["epochs"]:
+        raise ExporterError(
+            f"{run_dir} holds an unfinished run (epoch {state['epochs_done']}/{state['epochs']}): "
+            "pass --resume to continue it, or pick another --run-dir"
+        )
+    if resume:
+        ignore = ("run_dir", "data")
+        saved = {k: v for k, v in TrainConfig.from_json(state["config"]).__dict__.items() if k not in ignore}
+        given = {k: v for k, v in asdict(cfg).items() if k not in ignore}
+        if saved != given:
+            diff = ", ".join(f"{k} (run: {saved[k]}, given: {given[k]})" for k in saved if saved[k] != given[k])
+            raise ExporterError(f"--resume continues {run_dir} with its own settings; these differ: {diff}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path:
+    """Train (or with `resume`, continue from the last epoch checkpoint) and write `run_dir/{model.keras,
+    history.json, run.json}`; returns the run directory. `callbacks` run after the epoch checkpoint is written."""
     run_dir = Path(cfg.run_dir)
+    state = require_state(run_dir) if resume else read_state(run_dir)
+    _check_resumable(cfg, state, resume)
     data = load_dataset(cfg.data)
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable file(s), e.g. {data.skipped[0]}", file=sys.stderr)
+    if resume and data.class_names != state["class_names"]:
+        raise ExporterError(f"dataset classes {data.class_names} differ from the run's {state['class_names']}")
     splits = split_dataset(data, cfg)
     print(
         f"{len(data)} images, {len(data.class_names)} classes; "
         + ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
         file=sys.stderr,
     )
+    if cfg.schedule_warmup_epochs != cfg.warmup_epochs:
+        print(f"warning: {cfg.warmup_epochs} warm-up epochs in a {cfg.epochs}-epoch run would leave the learning rate "
+              f"below its peak for most of it; warming up for {cfg.schedule_warmup_epochs} instead", file=sys.stderr)
     keras.utils.set_random_seed(cfg.seed)
-    train_ds = make_dataset(splits["train"], cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed)
-    val_ds = make_dataset(splits["val"], cfg.input_size, cfg.batch_size, training=False)
-    steps = int(np.ceil(len(splits["train"]) / cfg.batch_size))
-    model = build_resnet(len(data.class_names), cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
-    if cfg.init_from:
+    depth, n_train = len(data.class_names), len(splits["train"])
+    steps = -(-n_train // cfg.batch_size)
+    first = state["epochs_done"] if resume else 0
+    if first >= cfg.epochs and (run_dir / "model.keras").is_file():
+        print(f"{run_dir} already finished its {cfg.epochs} epochs", file=sys.stderr)
+        return run_dir
+    model = build_resnet(depth, cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
+    if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     model.compile(
         optimizer=_optimizer(cfg, steps),
@@ -63,27 +187,37 @@ def train(cfg: TrainConfig) -> Path:
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False,  # XLA measured slower on CPU for this network
     )
+    if resume:  # same model and optimizer as a fresh run (a loaded one would lose its weight-decay exclusions) ...
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(run_dir / state["checkpoint"])  # ... then its weights and optimizer state
+        _restore_rng_state(model, state["rng"])
+        print(f"resuming {run_dir} after epoch {first}/{cfg.epochs} ({state['checkpoint']})", file=sys.stderr)
+    train_ds = training_batches(decode_all(splits["train"], cfg.input_size), splits["train"].labels, depth,
+                                cfg.batch_size, cfg.seed, first, cfg.epochs)
+    val_ds = eval_batches(decode_all(splits["val"], cfg.input_size), splits["val"].labels, depth, cfg.batch_size)
     run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    history = model.fit(
+    checkpoint = EpochCheckpoint(cfg, data.class_names, state if resume else None)
+    model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
+        initial_epoch=first,
+        steps_per_epoch=steps,  # one iterator over all remaining epochs (see training_batches)
+        shuffle=False,  # training_batches shuffles, keyed by seed and epoch
         verbose=1 if sys.stderr.isatty() else 2,
-        callbacks=[keras.callbacks.ModelCheckpoint(run_dir / "model.keras")],
+        callbacks=[checkpoint, *callbacks],
     )
-    seconds = time.perf_counter() - started
-    (run_dir / "history.json").write_text(json.dumps(history.history, indent=1))
+    _save_model_atomically(model, run_dir / "model.keras")
     run = {
         "config": asdict(cfg),
         "class_names": data.class_names,
         "skipped_files": data.skipped,
         "split_sizes": {k: len(v) for k, v in splits.items()},
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(checkpoint.seconds, 1),
+        "resumed_at_epochs": checkpoint.resumed_at,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
-    (run_dir / "run.json").write_text(json.dumps(run, indent=1))
-    print(f"trained in {seconds / 60:.1f} min; model at {run_dir / 'model.keras'}", file=sys.stderr)
+    _write_atomically(run_dir / "run.json", json.dumps(run, indent=1))
+    print(f"trained in {checkpoint.seconds / 60:.1f} min; model at {run_dir / 'model.keras'}", file=sys.stderr)
     return run_dir
