@@ -33,8 +33,26 @@ def exit_0(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def raise_descriptor_limit(connections: int) -> None:
+    """Raise the soft open-files limit to the hard one; warn when it cannot hold GATEWAY_MAX_CONNECTIONS plus the
+    descriptors the process needs besides (model files, gRPC, logs)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and connections + 256 > soft:
+        print(f"warning: `ulimit -n` is {soft}: lower GATEWAY_MAX_CONNECTIONS ({connections}) below {soft - 256} or "
+              "raise the limit, or descriptors can run out before connections are refused", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "scene":
+        from gateway.scene_cli import main as scene_main
+
+        return scene_main(argv[1:])
     if argv and argv[0] == "rollout":
         from gateway.rollout.cli import main as rollout_main
 
@@ -42,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gateway",
         description="Serve the scenecam gateway: HTTP (FastAPI, docs at /docs) and gRPC on one process. "
-        "`python -m gateway rollout --help` drives canary rollouts.",
+        "`python -m gateway rollout --help` drives canary rollouts; `python -m gateway scene --help` maps rasters "
+        "of any size.",
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -54,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    from gateway.api.limits import server_options
     from gateway.app import create_app
 
     signal.signal(signal.SIGTERM, exit_0)
+    raise_descriptor_limit(settings.max_connections)
     options = {"host": settings.host, "port": settings.http_port, "log_level": settings.log_level,
-               "timeout_graceful_shutdown": 30}
+               "timeout_graceful_shutdown": 30, **server_options(settings)}
     if settings.workers > 1:  # processes, each with its own event loop (and, with `local`, its own model copy)
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics must add up every worker's counters
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")

@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from gateway import cam, geotiff, render, scene, validation
+from gateway import admission, cam, geotiff, render, scene, validation
 from gateway.backends.base import GRADCAM, GRADCAM_MULTILAYER, Backend, Explanation, Prediction, Target, VersionMeta
 from gateway.batching import MicroBatcher
-from gateway.decoding import declared_pixels, decode_image, resize, sniff
+from gateway.decoding import ImageHeader, decode_image, probe, resize, scale_to_cover, sniff
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidParameter, NotFound, Overloaded, PayloadTooLarge
 from gateway.metrics import Metrics
 from gateway.rollout.router import PINNED
@@ -74,8 +74,13 @@ class SceneImage:
     """A decoded input and what is known of its ground: GSD (y, x) in metres (None: unknown) and georeferencing."""
 
     pixels: np.ndarray
-    gsd_m: tuple[float, float] | None = None
+    gsd_m: tuple[float, float] | None = None  # of `pixels` (a reduced decode has a coarser GSD than the input)
     geo: geotiff.GeoInfo | None = None
+    reduced: tuple[float, float] = (1.0, 1.0)  # input pixels per decoded pixel (y, x)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return round(self.pixels.shape[0] * self.reduced[0]), round(self.pixels.shape[1] * self.reduced[1])
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,17 @@ class Layout:
     """How a tile model covers one input: the grid at the model's GSD and the input's own GSD."""
 
     grid: scene.Grid
-    gsd_m: tuple[float, float]
+    gsd_m: tuple[float, float]  # of the decoded pixels
+    reduced: tuple[float, float] = (1.0, 1.0)
 
     def cell_size_px(self, model_gsd: float) -> tuple[float, float]:
         """One cell's size in input pixels (h, w)."""
-        return (self.grid.tile[0] * model_gsd / self.gsd_m[0], self.grid.tile[1] * model_gsd / self.gsd_m[1])
+        return tuple(t * model_gsd / g * r for t, g, r in zip(self.grid.tile, self.gsd_m, self.reduced, strict=True))
+
+    @property
+    def input_gsd_m(self) -> float:
+        """The input's own metres per pixel (geometric mean of y and x)."""
+        return float(np.sqrt(self.gsd_m[0] / self.reduced[0] * self.gsd_m[1] / self.reduced[1]))
 
 
 @dataclass
@@ -107,7 +118,8 @@ class ClassMapResult:
     colors: list[tuple[int, int, int]]
     classmap: scene.ClassMap
     summary: SceneSummary
-    image: np.ndarray  # the input as decoded, for overlays
+    image: np.ndarray  # the input as decoded (maybe reduced), for overlays
+    input_shape: tuple[int, int]  # the input's own pixels (h, w), the unit of cell_size_px
     geo: geotiff.GeoInfo | None
     request_id: str
 
@@ -115,13 +127,12 @@ class ClassMapResult:
 def classmap_png(result: ClassMapResult, overlay: bool, alpha: float, max_side: int) -> bytes:
     """The class map in the version's palette, at the input's size (longest side at most `max_side`), optionally
     blended over the input."""
-    h, w = result.image.shape[:2]
+    h, w = result.input_shape
     scale = min(1.0, max_side / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     painted = scene.paint_classes(result.classmap.classes, result.summary.cell_size_px, result.colors, (h, w), size)
     if overlay:
-        base = cv2.resize(result.image, (size[1], size[0]), interpolation=cv2.INTER_AREA) if size != (h, w) \
-            else result.image
+        base = scene.resample(result.image, size)
         painted = cv2.addWeighted(base, 1.0 - alpha, painted, alpha, 0.0)
     return render.encode_png(painted)
 
@@ -190,13 +201,21 @@ class GatewayCore:
         self.batcher = MicroBatcher(settings.max_batch_size, settings.batch_slots,
                                     on_batch=lambda sig, n: metrics.batch_size.labels(sig).observe(n))
         self._admitted = 0
+        self.budget = admission.WorkBudget(settings.max_inflight_pixels)
 
     @asynccontextmanager
-    async def admit(self):
-        """Bounded concurrency: past `max_inflight`, refuse at once (503 + Retry-After) instead of queueing."""
+    async def admit(self, cost: int = 0):
+        """Bounded concurrency and bounded work: past `max_inflight` requests, or past `max_inflight_pixels` of work
+        in flight (`cost` from `plan`, or `admission.request_cost`), refuse at once (503 + Retry-After) instead of
+        queueing; a request costing more than the whole budget is 413."""
         if self._admitted >= self.settings.max_inflight:
             self.metrics.rejected.labels("overloaded").inc()
             raise Overloaded(f"the gateway is at its limit of {self.settings.max_inflight} requests", retry_after=1)
+        try:
+            self.budget.take(cost)
+        except GatewayError as exc:
+            self.metrics.rejected.labels("over_budget" if exc.http_status == 503 else "too_costly").inc()
+            raise
         self._admitted += 1
         self.metrics.inflight.inc()
         try:
@@ -206,14 +225,60 @@ class GatewayCore:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
         finally:
             self._admitted -= 1
+            self.budget.give_back(cost)
             self.metrics.inflight.dec()
 
-    async def decode(self, data: bytes) -> np.ndarray:
+    async def decode(self, data: bytes, scale: float | None = None, header: ImageHeader | None = None) -> np.ndarray:
         """Small images inline (a thread hop costs more than decoding a tile); large ones off the event loop. Small in
-        declared pixels too: a 46 kB PNG may declare 4000x4000 and take 0.3 s to decode, stalling every request."""
-        if len(data) <= INLINE_BYTES and (declared_pixels(data) or 0) <= INLINE_PIXELS:
-            return decode_image(data, self.settings.max_image_pixels)
-        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels)
+        declared pixels too: a 46 kB PNG may declare 4000x4000 and take 0.3 s to decode, stalling every request.
+        `scale` < 1 reduces the image while decoding (`decode_image`); `header` is `probe`'s, when already read."""
+        header = header or probe(data, self.settings.max_image_pixels)
+        if len(data) <= INLINE_BYTES and header.pixels <= INLINE_PIXELS:
+            return decode_image(data, self.settings.max_image_pixels, scale, header)
+        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, scale, header)
+
+    def plan(self, encoded: list[bytes], pin: Pin, gsd_m: float | None, method: str | None = None,
+             render_side: int | None = None) -> tuple[int, list[tuple[ImageHeader, float]]]:
+        """(the request's cost, each image's header and decode scale), from the headers alone: an unreadable,
+        unsupported or oversized image is refused here, before anything is admitted or decoded. The tiles and the
+        scale follow `layout`: a scene is decoded at most at the model's GSD, a single tile at most at the size that
+        still covers the model's input, or `render_side` when the image is drawn on."""
+        limit = self.settings.max_image_pixels
+        geo = [geotiff.probe(data, limit) if sniff(data) == "tiff" else None for data in encoded]
+        headers = [g[0] if g else probe(data, limit) for g, data in zip(geo, encoded, strict=True)]
+        meta = self._planning_meta(pin)
+        reductions = [self._reduction(header, meta, g[1][1] if g and g[1] else gsd_m, render_side)
+                      for header, g in zip(headers, geo, strict=True)]
+        reductions = [(tiles, 1.0 if g else scale) for (tiles, scale), g in zip(reductions, geo, strict=True)]
+        cost = admission.request_cost(headers, method, sum(t for t, _ in reductions))
+        return cost, [(header, scale) for header, (_, scale) in zip(headers, reductions, strict=True)]
+
+    def _planning_meta(self, pin: Pin) -> VersionMeta | None:
+        """The pinned version's metadata, else the newest served one's (input size and GSD are the model's), without
+        routing (which would draw the canary split twice); None when nothing is served: `_observed` says so."""
+        try:
+            config = self.router.config(pin.model or self.router.default_model)
+            version = pin.version if pin.version in config.versions else config.labels.get(pin.label or "stable",
+                                                                                           max(config.versions))
+            return self.backend.meta(config.name, version)
+        except (GatewayError, ValueError):
+            return None
+
+    @staticmethod
+    def _reduction(header: ImageHeader, meta: VersionMeta | None, gsd_m: float | None,
+                   render_side: int | None) -> tuple[int, float]:
+        """(tiles the model will run on this image, the scale it can be decoded at without losing anything)."""
+        if meta is None:
+            return 1, 1.0
+        tiles, scale = 1, scale_to_cover(header, meta.input_size)
+        if meta.is_tile:
+            factor = (gsd_m or meta.gsd_m) / meta.gsd_m
+            size = scene.resampled_size((header.height, header.width), (factor, factor))
+            if scene.is_scene(size, meta.input_size):
+                tiles, scale = len(scene.Grid(size, meta.input_size)), factor
+        if render_side:
+            scale = max(scale, render_side / max(header.height, header.width))
+        return tiles, min(1.0, scale)
 
     def _resolve(self, pin: Pin) -> tuple[Target, VersionMeta, str]:
         target, role = self.router.route(pin)
@@ -281,8 +346,10 @@ class GatewayCore:
             raise InvalidParameter(f"gsd_m must be between {self.settings.min_gsd_m:g} and "
                                    f"{self.settings.max_gsd_m:g} metres per pixel, got {gsd_m:g}")
 
-    async def decode_scene(self, data: bytes, gsd_m: float | None) -> SceneImage:
-        """Pixels and ground resolution: a GeoTIFF's from its geotransform (rasterio), others from `gsd_m`."""
+    async def decode_scene(self, data: bytes, gsd_m: float | None,
+                           reduction: tuple[ImageHeader, float] | None = None) -> SceneImage:
+        """Pixels and ground resolution: a GeoTIFF's from its geotransform (rasterio), others from `gsd_m`; reduced
+        while decoding by `reduction` (from `plan`), the GSD then being that of the reduced pixels."""
         if sniff(data) == "tiff" and await asyncio.to_thread(geotiff.georeferenced_tiff, data):
             pixels, geo = await asyncio.to_thread(geotiff.read_geotiff, data, self.settings.max_image_pixels)
             own = geo.gsd_m(pixels.shape[:2])
@@ -290,7 +357,15 @@ class GatewayCore:
                 raise InvalidParameter(f"gsd_m={gsd_m:g} contradicts the GeoTIFF's own {own[1]:g} m per pixel; "
                                        "omit gsd_m to use the file's")
             return SceneImage(pixels, own or ((gsd_m, gsd_m) if gsd_m else None), geo)
-        return SceneImage(await self.decode(data), (gsd_m, gsd_m) if gsd_m else None)
+        header, scale = reduction or (None, 1.0)
+        pixels = await self.decode(data, scale if scale < 1 else None, header)
+        if not (gsd_m and header):
+            return SceneImage(pixels, (gsd_m, gsd_m) if gsd_m else None)
+        full = (header.height, header.width)
+        if full[0] != full[1] and (pixels.shape[0] > pixels.shape[1]) != (full[0] > full[1]):  # EXIF-rotated
+            full = full[::-1]
+        reduced = (full[0] / pixels.shape[0], full[1] / pixels.shape[1])
+        return SceneImage(pixels, (gsd_m * reduced[0], gsd_m * reduced[1]), reduced=reduced)
 
     def layout(self, image: SceneImage, meta: VersionMeta) -> Layout | None:
         """The grid a tile model covers this input with, or None when it is one tile (or an image model)."""
@@ -305,7 +380,7 @@ class GatewayCore:
             raise PayloadTooLarge(f"the scene needs {len(grid)} tiles ({grid.rows}x{grid.cols}) at "
                                   f"{meta.gsd_m:g} m; the limit per request is {self.settings.max_scene_tiles}: "
                                   "use `python -m gateway scene IN.tif OUT.tif` for large rasters")
-        return Layout(grid, gsd)
+        return Layout(grid, gsd, image.reduced)
 
     @staticmethod
     def scene_tiles(image: SceneImage, layout: Layout) -> np.ndarray:
@@ -314,8 +389,7 @@ class GatewayCore:
     def summary(self, classmap: scene.ClassMap, layout: Layout, meta: VersionMeta) -> SceneSummary:
         shares = classmap.composition()
         order = [int(i) for i in np.argsort(-shares, kind="stable") if shares[i] > 0]
-        return SceneSummary(layout.grid.rows, layout.grid.cols, layout.cell_size_px(meta.gsd_m),
-                            float(np.sqrt(layout.gsd_m[0] * layout.gsd_m[1])),
+        return SceneSummary(layout.grid.rows, layout.grid.cols, layout.cell_size_px(meta.gsd_m), layout.input_gsd_m,
                             [(meta.class_names[i], i, float(shares[i])) for i in order])
 
     async def _scene_predict(self, target: Target, meta: VersionMeta, image: SceneImage):
@@ -339,21 +413,22 @@ class GatewayCore:
         """A class and a confidence per cell of ground (one cell for a single tile or an image model)."""
         self.check_gsd(gsd_m)
         request_id = request_id or uuid.uuid4().hex
-        async with self.admit():
-            image = await self.decode_scene(encoded, gsd_m)
+        cost, (reduction,) = self.plan([encoded], pin, gsd_m, render_side=self.settings.max_output_side)
+        async with self.admit(cost):
+            image = await self.decode_scene(encoded, gsd_m, reduction)
 
             async def work(target: Target, meta: VersionMeta) -> ClassMapResult:
                 version, _, classmap, summary = await self._scene_predict(target, meta, image)
                 meta = self.backend.meta(target.model, version)
                 if summary is None:  # one cell covering the whole input
-                    h, w = image.pixels.shape[:2]
-                    shares = classmap.composition()
-                    i = int(shares.argmax())
-                    summary = SceneSummary(1, 1, (float(h), float(w)),
-                                           float(np.sqrt(np.prod(image.gsd_m))) if image.gsd_m else meta.gsd_m,
+                    h, w = image.input_shape
+                    i = int(classmap.composition().argmax())
+                    gsd = image.gsd_m and float(np.sqrt(image.gsd_m[0] / image.reduced[0] *
+                                                        image.gsd_m[1] / image.reduced[1]))
+                    summary = SceneSummary(1, 1, (float(h), float(w)), gsd or meta.gsd_m,
                                            [(meta.class_names[i], i, 1.0)])
                 return ClassMapResult(target.model, version, meta.class_names, meta.colors, classmap, summary,
-                                      image.pixels, image.geo, request_id)
+                                      image.pixels, image.input_shape, image.geo, request_id)
 
             return await self._observed("classmap", pin, work)
 
@@ -399,8 +474,9 @@ class GatewayCore:
                                    f"{self.settings.max_batch_instances}")
         self.check_gsd(gsd_m)
         request_id = request_id or uuid.uuid4().hex
-        async with self.admit():
-            decoded = [await self.decode_scene(data, gsd_m) for data in encoded]
+        cost, reductions = self.plan(encoded, pin, gsd_m)
+        async with self.admit(cost):  # one image at a time, each reduced as it is decoded: no N full-size images
+            decoded = [await self.decode_scene(data, gsd_m, r) for data, r in zip(encoded, reductions, strict=True)]
 
             async def work(target: Target, meta: VersionMeta) -> PredictResult:
                 """Single tiles share one backend call (and the shadow mirror); a scene ranks its class distribution."""
@@ -456,8 +532,9 @@ class GatewayCore:
         self.check_gsd(gsd_m)
         max_side = min(options.max_side or self.settings.max_output_side, self.settings.max_output_side)
         request_id = request_id or uuid.uuid4().hex
-        async with self.admit():
-            decoded = await self.decode_scene(encoded, gsd_m)
+        cost, (reduction,) = self.plan([encoded], pin, gsd_m, options.method, render_side=max_side)
+        async with self.admit(cost):
+            decoded = await self.decode_scene(encoded, gsd_m, reduction)
             image = decoded.pixels
 
             async def work(target: Target, meta: VersionMeta) -> GradCamResult:

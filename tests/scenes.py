@@ -10,9 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
+from affine import Affine
 from rasterio.io import MemoryFile
-from rasterio.transform import from_origin
 
 TILES = Path(__file__).resolve().parent / "scene_tiles"
 CLASSES = sorted(p.name for p in TILES.iterdir() if p.is_dir())
@@ -63,7 +62,7 @@ def geotiff(image: np.ndarray, gsd_m: float, crs: str = UTM_33N, dtype: str = "u
         bands = bands.astype(np.uint16) * 257
     with MemoryFile() as memfile:
         with memfile.open(driver="GTiff", height=image.shape[0], width=image.shape[1], count=3, dtype=dtype, crs=crs,
-                          transform=from_origin(*ORIGIN, gsd_m, gsd_m), tiled=True) as ds:
+                          transform=Affine.translation(*ORIGIN) @ Affine.scale(gsd_m, -gsd_m), tiled=True) as ds:
             ds.write(bands)
         return memfile.read()
 
