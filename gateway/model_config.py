@@ -1,4 +1,9 @@
-"""`models/models.config`, the TF Serving config the gateway owns: parse, render, and write atomically."""
+"""The TF Serving model config: parse, render, and write atomically.
+
+`models/models.config` is the committed, initial config and is never written; what rollouts change lives beside it in
+`models/models.runtime.config` (ignored by git), seeded from the initial one. TensorFlow Serving reads the runtime
+file (`--model_config_file`), so running the service or a rollout leaves every tracked file as committed.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from gateway.protos import model_management_pb2
 
 HEADER = (
     "# TensorFlow Serving model config (text ModelServerConfig), owned by the gateway: `python -m gateway rollout`\n"
-    "# rewrites it atomically. Paths are as TensorFlow Serving sees them.\n"
+    "# rewrites it atomically. Paths are as TensorFlow Serving sees them. Runtime state: do not commit.\n"
 )
 
 
@@ -48,17 +53,28 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+INITIAL = "models.config"
+RUNTIME = "models.runtime.config"
+
+
 class ConfigStore:
-    """Reads the current config; with no file, serves the newest exported version labelled `stable`."""
+    """Reads the runtime config, else the initial one; with neither, the newest exported version labelled `stable`."""
 
     def __init__(self, models_dir: Path, base_path: str):
-        self.path = models_dir / "models.config"
+        self.path = models_dir / RUNTIME
+        self.initial_path = models_dir / INITIAL
         self.models_dir = models_dir
         self.base_path = base_path
 
+    def seed(self) -> None:
+        """Create the runtime file from the initial one if it is missing (a TF Serving started later reads it)."""
+        if not self.path.is_file() and self.initial_path.is_file():
+            atomic_write(self.path, self.initial_path.read_text())
+
     def read(self, default_model: str) -> list[ModelConfig]:
-        if self.path.is_file():
-            return parse(self.path.read_text())
+        for path in (self.path, self.initial_path):
+            if path.is_file():
+                return parse(path.read_text())
         versions = sorted(read_version_metas(self.models_dir / default_model))
         if not versions:
             return []

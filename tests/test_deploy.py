@@ -38,7 +38,7 @@ PROM_DIR = ROOT / "deploy" / "prometheus"
 K8S_VERSION = "1.33.0"  # the Kubernetes version the manifests are validated against (kubernetes-validate schemas)
 
 TFS_FLAGS = [
-    "--model_config_file=/models/models.config",
+    "--model_config_file=/models/models.runtime.config",
     "--enable_batching",
     "--batching_parameters_file=/config/batching.config",
     "--monitoring_config_file=/config/monitoring.config",
@@ -474,7 +474,7 @@ def test_docker_compose_config_accepts(files, tmp_path):
     proc = _run_compose(*args, "--profile", "monitoring", "config", "--format", "json", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rendered = json.loads(proc.stdout)
-    assert set(rendered["services"]) == {"tfserving", "gateway", "prometheus"}
+    assert set(rendered["services"]) == {"model-config", "tfserving", "gateway", "prometheus"}
     assert _schema_errors(rendered) == []
 
 
@@ -506,9 +506,9 @@ def test_compose_tfserving(compose):
     mounts = {v["target"]: v for v in tfs["volumes"]}
     assert mounts["/models"]["source"] == "./models" and mounts["/models"]["read_only"] is True
     assert mounts["/config"]["source"] == "./deploy/tfserving" and mounts["/config"]["read_only"] is True
-    for flag in TFS_FLAGS:  # every file a flag names is in a mounted folder
+    for flag in TFS_FLAGS:  # every file a flag names is in a mounted folder (the runtime config: its seed)
         if "=/" in flag:
-            path = flag.split("=", 1)[1]
+            path = flag.split("=", 1)[1].replace("/models.runtime.config", "/models.config")
             mount = next(m for t, m in mounts.items() if path.startswith(t + "/"))
             assert (ROOT / mount["source"] / path[len(mount["target"]) + 1:]).is_file(), flag
     script = " ".join(tfs["healthcheck"]["test"])
@@ -549,9 +549,16 @@ def test_compose_paths_and_addresses_agree(compose):
     host, port = env["GATEWAY_TFSERVING_ADDRESS"].rsplit(":", 1)
     assert host in compose["services"] and host == "tfserving"
     assert port == defaults["tfserving_address"].rsplit(":", 1)[1] == "8500"
-    # TF Serving starts from the models.config the gateway writes into GATEWAY_MODELS_DIR (the same folder).
+    # TF Serving starts from the runtime config the gateway writes into GATEWAY_MODELS_DIR (the same folder), which
+    # model-config seeds from the committed models.config before TF Serving starts.
     tfs_flags = dict(f.split("=", 1) for f in compose["services"]["tfserving"]["command"] if "=" in f)
-    assert tfs_flags["--model_config_file"] == f"{env['GATEWAY_TFSERVING_BASE_PATH']}/models.config"
+    assert tfs_flags["--model_config_file"] == f"{env['GATEWAY_TFSERVING_BASE_PATH']}/models.runtime.config"
+    assert compose["services"]["tfserving"]["depends_on"] == {
+        "model-config": {"condition": "service_completed_successfully"}}
+    seed = compose["services"]["model-config"]
+    seed_models = next(v for v in seed["volumes"] if v["target"] == "/models")
+    assert seed_models["source"] == "./models" and seed_models["read_only"] is False
+    assert seed["user"] == compose["services"]["gateway"]["user"], "the gateway must be able to rewrite the file"
     # The two containers see the same host folder: TF Serving's /models is the gateway's GATEWAY_MODELS_DIR.
     tfs_models = next(v for v in compose["services"]["tfserving"]["volumes"] if v["target"] == "/models")
     gw_models = next(v for v in compose["services"]["gateway"]["volumes"] if v["target"] == env["GATEWAY_MODELS_DIR"])
@@ -743,12 +750,36 @@ def test_k8s_tfserving(k8s_docs, compose):
     assert volumes[seed_mounts["/models"]["name"]] == volumes[mounts["/models"]["name"]]
     seed_cm = volumes[seed_mounts["/seed"]["name"]]["configMap"]["name"]
     assert set(_k8s(k8s_docs, "ConfigMap", seed_cm)["data"]) == {"models.config"}
-    assert "[ ! -f /models/models.config ]" in " ".join(init["command"])
+    assert "[ ! -f /models/models.runtime.config ]" in " ".join(init["command"])
     assert re.fullmatch(r"[\w./-]+:\d+(\.\d+)+", init["image"]), "pin the init container's image"
 
     svc = _k8s(k8s_docs, "Service", "tfserving")
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 8500, "http": 8501}
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_seed_command_copies_the_initial_config_once(where, compose, k8s_docs, tmp_path):
+    """The seeding shell command, run for real (paths moved under tmp_path): it creates the runtime config from the
+    committed one, and never overwrites a runtime config that a rollout has changed."""
+    if where == "compose":
+        command = compose["services"]["model-config"]["command"]
+    else:
+        command = _k8s(k8s_docs, "Deployment", "tfserving")["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert command[:2] == ["sh", "-c"]
+    models, seed = tmp_path / "models", tmp_path / "seed"
+    models.mkdir()
+    seed.mkdir()
+    initial = (ROOT / "models" / "models.config").read_text()
+    (models / "models.config").write_text(initial)
+    (seed / "models.config").write_text(initial)
+    script = command[2].replace("/models/", f"{models}/").replace("/seed/", f"{seed}/")
+    subprocess.run(["sh", "-c", script], check=True, timeout=10)
+    assert (models / "models.runtime.config").read_text() == initial
+    (models / "models.runtime.config").write_text("changed by a rollout")
+    subprocess.run(["sh", "-c", script], check=True, timeout=10)
+    assert (models / "models.runtime.config").read_text() == "changed by a rollout"
+    assert sorted(p.name for p in models.iterdir()) == ["models.config", "models.runtime.config"]
 
 
 def test_k8s_gateway(k8s_docs, compose):

@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from gateway.backends.base import GRADCAM, GRADCAM_MULTILAYER, ModelConfig
+from gateway.model_config import ConfigStore
 from tests.conftest import ROOT, LiveServer, encode, free_port, gateway_settings, make_image
 from tests.tfserving_standin import StandInServer
 
+DEFAULT = "serving_default"
+
 
 def start_standin(models_repo, port: int = 0, **kwargs) -> StandInServer:
-    return StandInServer(models_repo / "models.config", path_map={"/models": str(models_repo)}, port=port,
+    """TF Serving on the repository's runtime config, seeded from the initial one as the deployments do."""
+    store = ConfigStore(models_repo, "/models")
+    store.seed()
+    return StandInServer(store.path, path_map={"/models": str(models_repo)}, port=port,
                          allow_version_labels_for_unavailable_models=True, **kwargs)
+
+
+def export_without_multilayer(version_dir: Path, out: Path) -> Path:
+    """A version as exported before `gradcam_multilayer` existed: the same SavedModel re-saved with its other two
+    signatures, and its assets (not its warm-up requests, which name all three)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    tf.saved_model.save(loaded, str(out), signatures={k: loaded.signatures[k] for k in (DEFAULT, GRADCAM)})
+    shutil.copytree(version_dir / "assets", out / "assets", dirs_exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def single_stage_export(tiny_export, tmp_path_factory) -> Path:
+    return export_without_multilayer(tiny_export, tmp_path_factory.mktemp("single") / "1")
 
 
 def tfserving_gateway(models_repo, address: str, **overrides) -> LiveServer:
@@ -91,3 +116,71 @@ def test_tfserving_mode_never_imports_tensorflow(models_repo):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.fixture(scope="module")
+def single_stage_repo(single_stage_export, tmp_path_factory) -> Path:
+    """Model `tiny` whose only version (1) has no `gradcam_multilayer` signature."""
+    root = tmp_path_factory.mktemp("single-repo")
+    shutil.copytree(single_stage_export, root / "tiny" / "1")
+    ConfigStore(root, "/models").write([ModelConfig("tiny", (1,), {"stable": 1})])
+    return root
+
+
+def test_a_method_the_version_cannot_serve_is_the_same_404_through_both_backends(single_stage_repo, image):
+    """The fused method on a version without `gradcam_multilayer`: one status, code and message whichever backend
+    serves it, the signature never called; the other methods answer, and /v1/models says what the version serves."""
+    from gateway.app import create_app
+
+    files = {"image": ("x.png", encode(image))}
+    fused = {"method": "layercam-fused"}
+    answers = {}
+    with start_standin(single_stage_repo) as standin, \
+            tfserving_gateway(single_stage_repo, standin.address) as remote, \
+            LiveServer(create_app(gateway_settings(single_stage_repo))) as local:
+        for name, gw in (("local", local), ("tfserving", remote)):
+            assert httpx.post(f"{gw.url}/gradcam", files=files).status_code == 200
+            assert httpx.post(f"{gw.url}/gradcam", files=files, params={"method": "gradcam++"}).status_code == 200
+            r = httpx.post(f"{gw.url}/gradcam", files=files, params=fused)
+            answers[name] = (r.status_code, r.json())
+            listed = httpx.get(f"{gw.url}/v1/models").json()["models"][0]["versions"][0]
+            assert listed["signatures"] == sorted([DEFAULT, GRADCAM]), name
+            assert "layercam-fused" not in listed["methods"] and {"gradcam", "gradcam++"} <= set(listed["methods"])
+        assert not any(sig == GRADCAM_MULTILAYER for _, sig in standin.calls)
+    assert answers["local"] == answers["tfserving"]
+    status, body = answers["local"]
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert body["error"]["message"] == ("model 'tiny' version 1 cannot serve method 'layercam-fused': it has no "
+                                        "'gradcam_multilayer' signature; its methods: " +
+                                        ", ".join(listed["methods"]))
+
+
+def test_models_lists_every_signature_and_method_of_a_full_version(models_repo):
+    with start_standin(models_repo) as standin, tfserving_gateway(models_repo, standin.address) as gw:
+        listed = httpx.get(f"{gw.url}/v1/models").json()["models"][0]["versions"][0]
+    assert listed["signatures"] == sorted([DEFAULT, GRADCAM, GRADCAM_MULTILAYER])
+    assert "layercam-fused" in listed["methods"] and "gradcam" in listed["methods"]
+
+
+def test_signature_metadata_is_wire_compatible_with_tf_serving():
+    """Our GetModelMetadata messages parse the official ones (the SignatureDefMap packed in an Any) and back."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2 as official
+
+    from gateway.protos import get_model_metadata_pb2 as ours
+
+    signatures = official.SignatureDefMap()
+    signatures.signature_def[GRADCAM].CopyFrom(meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict"))
+    signatures.signature_def[GRADCAM].inputs["class_index"].name = "serving_gradcam_class_index:0"
+    response = official.GetModelMetadataResponse()
+    response.model_spec.name = "tiny"
+    response.model_spec.version.value = 3
+    response.metadata["signature_def"].Pack(signatures)
+    parsed = ours.GetModelMetadataResponse.FromString(response.SerializeToString())
+    assert parsed.metadata["signature_def"].type_url.endswith("/tensorflow.serving.SignatureDefMap")
+    defs = ours.SignatureDefMap.FromString(parsed.metadata["signature_def"].value).signature_def
+    assert set(defs) == {GRADCAM} and defs[GRADCAM].inputs["class_index"].name == "serving_gradcam_class_index:0"
+    request = ours.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "tiny"
+    assert list(official.GetModelMetadataRequest.FromString(request.SerializeToString()).metadata_field) == [
+        "signature_def"]

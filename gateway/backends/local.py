@@ -8,10 +8,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gateway.backends.base import GRADCAM, Backend, Explanation, ModelConfig, Prediction, Target, explanation_from
-from gateway.errors import DeadlineExceeded, InvalidParameter, NotFound
+from gateway.backends.base import (
+    GRADCAM,
+    Backend,
+    Explanation,
+    ModelConfig,
+    Prediction,
+    Target,
+    explanation_from,
+    load_failed,
+)
+from gateway.errors import DeadlineExceeded, GatewayError, InvalidParameter, NotFound
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before TensorFlow loads (it is imported in start()). Without an NVIDIA driver (no /dev/nvidiactl) its CUDA probe
+# can only fail, and it logs that at ERROR level ("failed call to cuInit") on every CPU start: hide ERROR too then.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
 
 
 class LocalBackend(Backend):
@@ -32,10 +43,17 @@ class LocalBackend(Backend):
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def _model(self, model: str, version: int):
+        loaded = self._loaded.get((model, version))
+        if loaded is None:
+            raise NotFound(f"model {model!r} version {version} is not loaded")
+        return loaded
+
+    async def signatures(self, model: str, version: int) -> frozenset[str]:
+        return frozenset(self._model(model, version).signatures)
+
     def _signature(self, target: Target, name: str):
-        model = self._loaded.get((target.model, target.version))
-        if model is None:
-            raise NotFound(f"model {target.model!r} version {target.version} is not loaded")
+        model = self._model(target.model, target.version)
         if name not in model.signatures:
             raise NotFound(f"model {target.model!r} version {target.version} has no {name!r} signature; re-export it")
         return model.signatures[name]
@@ -85,6 +103,12 @@ class LocalBackend(Backend):
                 self._states[key] = "LOADING"
                 try:
                     self._loaded[key] = await self._run(lambda p=path: tf.saved_model.load(str(p)), timeout)
+                except Exception as exc:  # a broken SavedModel: the loader's own reason, at once
+                    self._states.pop(key, None)
+                    if isinstance(exc, GatewayError):
+                        raise
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise load_failed(key[0], key[1], reason) from exc
                 except BaseException:
                     self._states.pop(key, None)
                     raise

@@ -18,6 +18,7 @@ from gateway.backends.base import (
     Prediction,
     Target,
     explanation_from,
+    load_failed,
 )
 from gateway.backends.tensors import from_tensor_proto, to_tensor_proto
 from gateway.errors import (
@@ -30,7 +31,7 @@ from gateway.errors import (
     NotFound,
     Overloaded,
 )
-from gateway.protos import model_management_pb2, model_pb2, predict_pb2, services_pb2_grpc
+from gateway.protos import get_model_metadata_pb2, model_management_pb2, model_pb2, predict_pb2, services_pb2_grpc
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the 4 MiB default breaks a Grad-CAM batch
 OUTPUTS = {
@@ -75,6 +76,7 @@ class TFServingBackend(Backend):
         self.address = address
         self.base_path = base_path
         self._channel: grpc.aio.Channel | None = None
+        self._signatures: dict[tuple[str, int], frozenset[str]] = {}  # a version's SavedModel never changes
 
     async def start(self) -> None:
         options = [
@@ -123,16 +125,35 @@ class TFServingBackend(Backend):
         out = {k: from_tensor_proto(response.outputs[k]) for k in OUTPUTS[signature]}
         return explanation_from(response.model_spec.version.value, out)
 
-    async def version_states(self, model: str) -> dict[int, str]:
+    async def signatures(self, model: str, version: int) -> frozenset[str]:
+        """GetModelMetadata's `signature_def` map (a SignatureDefMap packed in an Any), once per version."""
+        key = (model, version)
+        if key not in self._signatures:
+            spec = model_pb2.ModelSpec(name=model)
+            spec.version.value = version
+            request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+            response = await self._call(self._predict.GetModelMetadata, request, timeout=5.0)
+            packed = response.metadata["signature_def"]
+            if not packed.type_url.endswith("/tensorflow.serving.SignatureDefMap"):
+                raise BackendError(f"TensorFlow Serving sent {packed.type_url!r} as the signature_def metadata")
+            defs = get_model_metadata_pb2.SignatureDefMap.FromString(packed.value).signature_def
+            self._signatures[key] = frozenset(k for k in defs if not k.startswith("__"))  # not __saved_model_init_op
+        return self._signatures[key]
+
+    async def _statuses(self, model: str) -> dict[int, model_management_pb2.ModelVersionStatus]:
         request = model_management_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=model))
         try:
             response = await self._call(self._models.GetModelStatus, request, timeout=5.0)
         except NotFound:
             return {}
-        return {s.version: _STATE_NAMES(s.state) for s in response.model_version_status}
+        return {s.version: s for s in response.model_version_status}
+
+    async def version_states(self, model: str) -> dict[int, str]:
+        return {v: _STATE_NAMES(s.state) for v, s in (await self._statuses(model)).items()}
 
     async def apply_config(self, configs: list[ModelConfig], timeout: float) -> None:
-        """HandleReloadConfigRequest, then poll GetModelStatus: an OK reload does not mean the version loaded."""
+        """HandleReloadConfigRequest, then poll GetModelStatus: an OK reload does not mean the version loaded, and a
+        version whose load failed ends (END) with the loader's error in its status: stop there, not at the timeout."""
         request = model_management_pb2.ReloadConfigRequest(config=model_server_config(configs, self.base_path))
         response = await self._call(self._models.HandleReloadConfigRequest, request, timeout)
         if response.status.error_code != 0:
@@ -140,10 +161,14 @@ class TFServingBackend(Backend):
         deadline = time.monotonic() + timeout
         for config in configs:
             while True:
-                states = await self.version_states(config.name)
+                statuses = await self._statuses(config.name)
+                states = {v: _STATE_NAMES(s.state) for v, s in statuses.items()}
                 missing = [v for v in config.versions if states.get(v) != "AVAILABLE"]
                 if not missing:
                     break
+                failed = [statuses[v] for v in missing if states.get(v) == "END" and statuses[v].status.error_code]
+                if failed:
+                    raise load_failed(config.name, failed[0].version, failed[0].status.error_message)
                 if time.monotonic() > deadline:
                     raise DeadlineExceeded(f"{config.name} versions {missing} not AVAILABLE after {timeout:g} s")
                 await asyncio.sleep(0.1)

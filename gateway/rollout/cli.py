@@ -1,7 +1,7 @@
 """`python -m gateway rollout start|status|set-weight|promote|abort`: a thin client of a gateway's /v1/rollout.
 
-The operations run inside a gateway (which owns the backend and models.config), so they behave the same with the
-local and the tfserving backend; any replica can take them, since they share rollout.json and models.config.
+The operations run inside a gateway (which owns the backend and models.runtime.config), so they behave the same with the
+local and the tfserving backend; any replica can take them, since they share rollout.json and models.runtime.config.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The rollout state machine: start -> (set-weight)* -> promote | abort, persisted step by step.
 
-Every transition writes rollout.json (phase first) and models.config (atomically) before telling the backend, so a
-crash at any point leaves a config TensorFlow Serving can load at restart and a phase that says what to finish;
+Every transition writes rollout.json (phase first) and models.runtime.config (atomically) before telling the backend,
+so a crash at any point leaves a config TensorFlow Serving can load at restart and a phase that says what to finish;
 `resume()` finishes it on the next start. TF Serving only lets a label point at an AVAILABLE version, so a new
 version is listed first, waited for, and labelled in a second reload.
 """
@@ -85,7 +85,7 @@ class RolloutManager:
         log.info("rollout %s: %s %s", self.model, event, detail)
 
     async def _apply(self, versions: set[int], labels: dict[str, int]) -> None:
-        """Write models.config atomically, then make the backend serve exactly that (and wait for AVAILABLE)."""
+        """Write models.runtime.config atomically, then make the backend serve exactly that (and wait for AVAILABLE)."""
         others = [c for c in self.configs.read(self.model) if c.name != self.model]
         configs = [*others, ModelConfig(self.model, tuple(sorted(versions)), labels)]
         self.configs.write(configs)
@@ -120,13 +120,15 @@ class RolloutManager:
             return state
 
     async def _warm_up(self, version: int) -> None:
-        """One call per signature before the version takes traffic: its first calls are slow (graph set-up), and
-        the latency comparison must judge the model, not its cold start."""
+        """One call per signature the version serves, before it takes traffic: its first calls are slow (graph
+        set-up), and the latency comparison must judge the model, not its cold start. A version without
+        `gradcam_multilayer` is a valid version that answers the fused method 404, not a failed start."""
         h, w = self.backend.meta(self.model, version).input_size
         images = np.zeros((1, h, w, 3), np.uint8)
         target = Target(self.model, version)
         await self.backend.predict(images, target, self.s.rollout_load_timeout_s)
-        for signature in (GRADCAM, GRADCAM_MULTILAYER):
+        served = await self.backend.signatures(self.model, version)
+        for signature in (s for s in (GRADCAM, GRADCAM_MULTILAYER) if s in served):
             await self.backend.explain(images, np.array([-1], np.int32), target, self.s.rollout_load_timeout_s,
                                        signature)
 
@@ -241,7 +243,9 @@ class RolloutManager:
 
     # ---- replica synchronisation ------------------------------------------------------------------------------
     async def sync(self, force: bool = False) -> None:
-        """Apply models.config to this replica if another replica (or the CLI) changed it."""
+        """Apply the runtime model config to this replica if another replica (or the CLI) changed it."""
+        if force:
+            self.configs.seed()
         try:
             mtime = self.configs.path.stat().st_mtime_ns
         except FileNotFoundError:

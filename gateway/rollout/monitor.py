@@ -1,19 +1,45 @@
-"""Sliding-window comparison of canary and stable: error rate, p95 latency, shadow agreement -> rollback reason."""
+"""Sliding-window comparison of canary and stable: error rate, p95 latency, shadow agreement -> rollback reason.
+
+Canary and stable are compared within the same time slices of the window only (a Mantel-Haenszel comparison
+stratified by slice): an outage that hits both versions raises both error rates in the same slices and is nobody's
+fault, and a weight change cannot make one side's window older than the other's. An error-rate breach also needs
+to be significant (one-sided CMH test at 99%), so a handful of unlucky samples never rolls a canary back.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
 from gateway.settings import Settings
+
+SLICES = 10  # time slices per window
+Z_CRITICAL = 2.33  # one-sided 99%
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Canary vs stable over the slices where both served: requests, error rates, MH excess and its z score."""
+
+    stable_requests: int
+    canary_requests: int
+    stable_error_rate: float
+    canary_error_rate: float
+    excess_error_rate: float  # Mantel-Haenszel risk difference, canary minus stable
+    z: float
+    stable_p95_s: float | None
+    canary_p95_s: float | None
 
 
 class Monitor:
     def __init__(self, settings: Settings, clock=time.monotonic):
         self.s = settings
         self.clock = clock
+        # (time, latency or None for a shadow call, failed)
         self.calls: dict[str, deque] = {"stable": deque(), "canary": deque()}
         self.agreement: deque = deque()
 
@@ -27,7 +53,8 @@ class Monitor:
             while window and window[0][0] < horizon:
                 window.popleft()
 
-    def observe(self, role: str, elapsed: float, failed: bool) -> None:
+    def observe(self, role: str, elapsed: float | None, failed: bool) -> None:
+        """One answer of `role`; `elapsed=None` (a shadow call) counts for the error rate, not the latency."""
         now = self.clock()
         self.calls[role].append((now, elapsed, failed))
         self._prune(now)
@@ -37,36 +64,74 @@ class Monitor:
         self.agreement.append((now, agree, None))
         self._prune(now)
 
+    def compare(self) -> Comparison | None:
+        """Both versions within the same slices; None until some slice has answers from both."""
+        self._prune(self.clock())
+        width = self.s.rollback_window_s / SLICES
+        slices: dict[int, dict[str, list]] = {}
+        for role, window in self.calls.items():
+            for at, elapsed, failed in window:
+                slices.setdefault(int(at // width), {"stable": [], "canary": []})[role].append((elapsed, failed))
+        shared = [s for s in slices.values() if s["stable"] and s["canary"]]
+        if not shared:
+            return None
+        n = {role: sum(len(s[role]) for s in shared) for role in ("stable", "canary")}
+        errors = {role: sum(f for s in shared for _, f in s[role]) for role in ("stable", "canary")}
+        diff = weight = deviation = variance = 0.0
+        for s in shared:
+            ns, nc = len(s["stable"]), len(s["canary"])
+            es, ec = sum(f for _, f in s["stable"]), sum(f for _, f in s["canary"])
+            total, failed = ns + nc, es + ec
+            diff += (ec * ns - es * nc) / total
+            weight += ns * nc / total
+            deviation += ec - nc * failed / total
+            if total > 1:
+                variance += ns * nc * failed * (total - failed) / (total * total * (total - 1))
+        z = deviation / math.sqrt(variance) if variance > 0 else 0.0
+        return Comparison(n["stable"], n["canary"], errors["stable"] / n["stable"], errors["canary"] / n["canary"],
+                          diff / weight, z, *(_p95([e for s in shared for e, f in s[role] if not f and e is not None])
+                                               for role in ("stable", "canary")))
+
     def stats(self) -> dict:
         self._prune(self.clock())
         out = {}
         for role, window in self.calls.items():
-            latencies = np.array([w[1] for w in window])
+            timed = [w[1] for w in window if w[1] is not None]
             out[role] = {
                 "requests": len(window),
                 "error_rate": round(sum(w[2] for w in window) / len(window), 4) if window else None,
-                "p95_latency_s": round(float(np.percentile(latencies, 95)), 4) if window else None,
+                "p95_latency_s": _round(_p95(timed)),
             }
         agree = [w[1] for w in self.agreement]
         out["shadow"] = {"comparisons": len(agree), "agreement": round(sum(agree) / len(agree), 4) if agree else None}
+        c = self.compare()
+        out["same_slices"] = None if c is None else {k: _round(v) for k, v in c.__dict__.items()}
         return out
 
     def breach(self) -> str | None:
         """Why the canary must be rolled back now, or None; judged only with enough requests on both sides."""
-        stats, s = self.stats(), self.s
-        stable, canary, shadow = stats["stable"], stats["canary"], stats["shadow"]
-        if canary["requests"] >= s.rollback_min_requests:
-            base_errors = stable["error_rate"] if stable["requests"] >= s.rollback_min_requests else 0.0
-            if canary["error_rate"] > base_errors + s.rollback_max_error_increase:
-                return (f"canary error rate {canary['error_rate']:.1%} exceeds stable's {base_errors:.1%} "
-                        f"by more than {s.rollback_max_error_increase:.1%}")
-            if stable["requests"] >= s.rollback_min_requests:
-                limit = stable["p95_latency_s"] * s.rollback_max_latency_ratio + s.rollback_latency_slack_s
-                if canary["p95_latency_s"] > limit:
-                    return (f"canary p95 latency {canary['p95_latency_s'] * 1000:.0f} ms exceeds "
-                            f"{s.rollback_max_latency_ratio:g}x stable's {stable['p95_latency_s'] * 1000:.0f} ms "
+        s, c = self.s, self.compare()
+        if c is not None and min(c.stable_requests, c.canary_requests) >= s.rollback_min_requests:
+            if c.excess_error_rate > s.rollback_max_error_increase and c.z >= Z_CRITICAL:
+                return (f"canary error rate {c.canary_error_rate:.1%} exceeds stable's {c.stable_error_rate:.1%} in "
+                        f"the same time slices by {c.excess_error_rate:.1%}, more than "
+                        f"{s.rollback_max_error_increase:.1%} (z = {c.z:.1f})")
+            if c.stable_p95_s is not None and c.canary_p95_s is not None:
+                limit = c.stable_p95_s * s.rollback_max_latency_ratio + s.rollback_latency_slack_s
+                if c.canary_p95_s > limit:
+                    return (f"canary p95 latency {c.canary_p95_s * 1000:.0f} ms exceeds "
+                            f"{s.rollback_max_latency_ratio:g}x stable's {c.stable_p95_s * 1000:.0f} ms "
                             f"+ {s.rollback_latency_slack_s * 1000:.0f} ms")
+        shadow = self.stats()["shadow"]
         if shadow["comparisons"] >= s.rollback_min_requests and shadow["agreement"] < s.rollback_min_agreement:
             return (f"shadow top-1 agreement {shadow['agreement']:.1%} is below the floor "
                     f"{s.rollback_min_agreement:.1%}")
         return None
+
+
+def _p95(values: list[float]) -> float | None:
+    return float(np.percentile(values, 95)) if values else None
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value

@@ -45,7 +45,7 @@ class ShadowMirror:
                 result = await core._predict_batch(canary, images)
             except GatewayError as exc:
                 self.metrics.shadow.labels(canary.model, "error").inc()
-                self.monitor.observe("canary", 0.0, failed=True)
+                self.monitor.observe("canary", None, failed=True)  # an error rate sample, not a latency
                 log.debug("shadow request failed: %s", exc.message)
                 continue
             except Exception:  # a mirror must never take the worker down
@@ -53,6 +53,7 @@ class ShadowMirror:
                 log.exception("shadow request failed")
                 continue
             self.metrics.shadow.labels(canary.model, "completed").inc()
+            self.monitor.observe("canary", None, failed=False)
             for agree in result.probabilities.argmax(axis=1) == stable_top1:
                 self.monitor.record_agreement(bool(agree))
                 self.metrics.shadow_agreement.labels(canary.model, str(stable_version), str(result.version),
