@@ -104,7 +104,8 @@ BOMBS = {
     "png-real-zeros": png_declaring(3000, 3000, rows=3000),  # 27 MB of pixels in ~30 kB
     "jpeg": jpeg_declaring(60_000, 60_000),
     "tiff-real-zeros": tiff_declaring(5000, 5000),  # 75 MB of pixels in ~75 kB
-    "gif": b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0, 0, 0) + b"\x3b",
+    "gif": b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0, 0, 0)  # one 1x1 frame on a 65535x65535 screen
+           + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0x80) + b"\0" * 6 + b"\x02\x02\x44\x01\x00\x3b",
     "bmp": b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 50_000, -50_000, 1, 24,
                                                                    0, 0, 0, 0, 0, 0),
     "webp": b"RIFF" + struct.pack("<I", 22) + b"WEBPVP8X" + struct.pack("<I", 10) + b"\0" * 4
