@@ -7,10 +7,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway.api.demo import build_demo_router
+from gateway.api.docs import build_docs_router
 from gateway.api.http import build_router, install_error_handlers
-from gateway.api.limits import BodySizeLimit
+from gateway.api.limits import ON_REFUSED, BodySizeLimit, ResponseMetrics, SecurityHeaders
 from gateway.api.rollout_http import build_rollout_router
 from gateway.backends.base import Backend
 from gateway.core import GatewayCore
@@ -76,8 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             grpc_server, port = await start_grpc_server(core, settings.host, settings.grpc_port)
             app.state.grpc_port = port
             log.info("gRPC API on %s:%d", settings.host, port)
-        try:
-            yield
+        try:  # the state reaches uvicorn's protocol (GuardedHttpProtocol) and every request's scope
+            yield {ON_REFUSED: lambda reason: core.metrics.rejected.labels(reason).inc()}
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         summary="Scene and land-cover classification with Grad-CAM explanations, over TensorFlow Serving",
         lifespan=lifespan,
+        docs_url=None,  # served by build_docs_router, from local assets
+        redoc_url=None,
     )
     app.state.core = core
     app.state.rollout = manager
@@ -98,9 +102,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_router())
     app.include_router(build_demo_router())
     app.include_router(build_rollout_router())
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(build_docs_router(app))
+    add_middleware(app, settings, core)
     _document_manual_bodies(app)
     return app
+
+
+def add_middleware(app: FastAPI, settings: Settings, core: GatewayCore) -> None:
+    """Outermost first: count every answer, add security headers, CORS (when configured), then body limits."""
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Accept", "Authorization", "X-Routing-Key", "X-Request-ID"],
+                           expose_headers=CORS_EXPOSED, max_age=600)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(ResponseMetrics, metrics=core.metrics, routes=app.routes)
+
+
+CORS_EXPOSED = ["X-Model-Version", "X-Request-ID", "X-Class-Label", "X-Class-Index", "X-Class-Probability",
+                "X-Cam-Method", "Retry-After"]
 
 
 def _document_manual_bodies(app: FastAPI) -> None:

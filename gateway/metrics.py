@@ -26,8 +26,13 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.inflight = Gauge("gateway_inflight_requests", "Requests being served", registry=r,
                               multiprocess_mode="livesum")
-        self.rejected = Counter("gateway_rejected", "Requests refused before reaching the backend", ["reason"],
-                                registry=r)
+        self.rejected = Counter("gateway_rejected", "Requests and connections refused or shed before reaching the "
+                                "backend: overloaded, too_many_connections, head_timeout, head_too_large, "
+                                "body_timeout", ["reason"], registry=r)
+        self.responses = Counter("gateway_responses", "Every HTTP answer by route template, status and error code",
+                                 ["route", "status", "code"], registry=r)
+        self.grpc_responses = Counter("gateway_grpc_responses", "Every gRPC answer by method and status code",
+                                      ["method", "code"], registry=r)
         self.shadow = Counter("gateway_shadow", "Shadow (mirrored) requests by outcome", ["model", "outcome"],
                               registry=r)
         self.shadow_agreement = Counter("gateway_shadow_agreement", "Shadow comparisons of top-1 classes",

@@ -66,3 +66,13 @@ class Settings(BaseSettings):
     rollback_min_agreement: float = Field(0.8, ge=0, le=1, description="shadow top-1 agreement floor")
     samples_dir: Path = Field(Path("tests/samples"), description="sample tiles the demo page offers")
     log_level: str = Field("info", description="uvicorn log level")
+    head_timeout_s: float = Field(10, gt=0, le=300, description="a request's line and headers must arrive within "
+                                  "this time (slow-header clients get 408 and are closed)")
+    body_timeout_s: float = Field(20, gt=0, le=3600, description="a request body must arrive whole within this time "
+                                  "of its headers (408 and close); 20 s carries 10 MiB at 4 Mbit/s")
+    keep_alive_s: int = Field(5, ge=1, le=300, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(2048, ge=16, description="open HTTP connections per worker; past it a new one gets "
+                                 "503 and is closed at once, so file descriptors stay bounded (keep it under "
+                                 "`ulimit -n`)")
+    cors_origins: str = Field("", description="comma-separated origins allowed to call the API from a browser "
+                              "(`*` for any); empty: CORS off")

@@ -153,7 +153,8 @@ def test_no_route_takes_a_path_or_url(tmp_path):
         names = {n.lower() for n in parameter_names(route.dependant) | hand_read}
         assert not names & PATH_LIKE, (route.path, names & PATH_LIKE)
     with_path_params = {r.path for r in routes if r.dependant.path_params}
-    assert with_path_params == {"/static/{name}", "/v1/samples/{name}"}  # allow-listed: tests/test_demo_page.py
+    # allow-listed: tests/test_demo_page.py, tests/test_http_hygiene.py::test_api_docs_work_offline
+    assert with_path_params == {"/static/{name}", "/v1/samples/{name}", "/docs/assets/{name}"}
 
 
 def test_no_grpc_request_field_is_a_path_or_url():

@@ -1,4 +1,8 @@
-"""The gRPC front door (scenecam.v1.Gateway) plus the standard gRPC health service, over the same core."""
+"""The gRPC front door (scenecam.v1.Gateway) plus the standard health and reflection services, over the same core.
+
+Field values are checked where the HTTP door's are: gateway/validation.py, called by the core (Pin, top_k, class,
+method, colormap, alpha, max_side), so both doors refuse the same inputs with the same words.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,63 @@ import asyncio
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from gateway.core import CamOptions, ClassChoice, GatewayCore, Pin, classmap_geotiff
 from gateway.errors import GatewayError
 from gateway.protos import gateway_pb2, gateway_pb2_grpc
 
 SERVICE = "scenecam.v1.Gateway"
+
+
+class Malformed:
+    """A request whose bytes do not parse as its message: the handler answers INVALID_ARGUMENT (grpc would otherwise
+    answer UNKNOWN with the parser's exception text)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _lenient(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception:  # DecodeError (bad wire type, truncated, invalid UTF-8 in a string), whatever its class
+            return Malformed(message_class.DESCRIPTOR.full_name)
+
+    return parse
+
+
+def _guarded(behavior, method: str, metrics):
+    """Malformed requests answered INVALID_ARGUMENT; every answer counted by method and status code."""
+    async def handle(request, context: grpc.aio.ServicerContext):
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(request, Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request body is not a valid {request.message} protobuf message")
+            return await behavior(request, context)
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics.grpc_responses.labels(method, code.name).inc()
+
+    return handle
+
+
+def add_gateway_service(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
+    """Like the generated add_GatewayServicer_to_server, for every rpc the proto declares, with a deserializer that
+    turns undecodable bytes into INVALID_ARGUMENT."""
+    service = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(servicer, method.name), method.name, servicer.core.metrics),
+            request_deserializer=_lenient(getattr(gateway_pb2, method.input_type.name)),
+            response_serializer=getattr(gateway_pb2, method.output_type.name).SerializeToString)
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def _scene(summary) -> gateway_pb2.Scene | None:
@@ -87,9 +142,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 async def start_grpc_server(core: GatewayCore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", core.settings.max_body_bytes),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(core), server)
+    add_gateway_service(GatewayServicer(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)  # grpcurl
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     for name in ("", SERVICE):

@@ -174,6 +174,7 @@ def build_router() -> APIRouter:
         x_routing_key: str | None = Header(None, description="sticky canary routing key (printable ASCII)"),
         x_request_id: str | None = Depends(request_id),
     ):
+        validation.check_top_k(params.top_k, core.settings.max_top_k)  # before reading the body
         images, body = await read_images(request, core.settings.max_batch_instances)
         params = await form_params(request, params)
         k = body.top_k if body is not None and body.top_k is not None else params.top_k

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from gateway import validation
 from gateway.cam import DEFAULT_METHOD
 from gateway.render import DEFAULT_COLORMAP
 from gateway.validation import NAME_PATTERN, AsciiInt
@@ -38,13 +39,19 @@ class PredictBatchRequest(Strict):
 
 
 # Query parameters, as models so that an unknown one is refused (422) and the same fields can also come as multipart
-# form fields (`curl -F method=gradcam++`). Ranges and names are checked by gateway/validation.py through the core,
-# with one wording for both doors; `minimum`/`pattern` here only document them.
+# form fields (`curl -F method=gradcam++`). Values are checked by gateway/validation.py (the validators below raise
+# its 422s before the body is read; the core checks again whatever reaches it, from either door), with one wording;
+# `minimum`/`pattern` here only document the rules.
 class TargetParams(Strict):
     version: AsciiInt | None = Field(None, description="pin a model version", json_schema_extra={"minimum": 1})
     label: str | None = Field(None, description="pin a version label", json_schema_extra={"pattern": NAME_PATTERN})
     model: str | None = Field(None, description="model name (default: the gateway's)",
                               json_schema_extra={"pattern": NAME_PATTERN})
+
+    @model_validator(mode="after")
+    def _target(self):
+        validation.check_pin(self.model, self.version, self.label, None)
+        return self
 
 
 class SceneParams(TargetParams):
@@ -76,6 +83,18 @@ class GradCamParams(SceneParams):
     colormap: str = Field(DEFAULT_COLORMAP, description="OpenCV colormap name", json_schema_extra={"maxLength": 32})
     max_side: AsciiInt | None = Field(None, description="longest side of the PNG (capped by the gateway)",
                                       json_schema_extra={"minimum": 16})
+
+    @model_validator(mode="after")
+    def _options(self):
+        if self.class_ is not None:
+            validation.parse_class(self.class_)
+        if self.rank is not None:
+            validation.check_int("rank", self.rank, 1)
+        validation.validate_method(self.method)
+        validation.validate_colormap(self.colormap)
+        validation.check_alpha(self.alpha)
+        validation.check_max_side(self.max_side)
+        return self
 
 
 class Prediction(BaseModel):
