@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_dir(e)
     e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run trained on)")
 
-    x = sub.add_parser("export", help="write models/<name>/<version>/ as a SavedModel with two signatures")
+    x = sub.add_parser("export", help="write models/<name>/<version>/ as a SavedModel with three signatures "
+                       "(serving_default, gradcam, gradcam_multilayer)")
     x.add_argument("--model", default=None, help="a trained .keras file (default: <run-dir>/model.keras)")
     run_dir(x)
     x.add_argument("--models-dir", default="models", help="TF Serving model repository (default %(default)s)")
