@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,15 +18,17 @@ from contextlib import contextmanager
 
 import httpx
 import numpy as np
+import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from gateway.backends.base import ModelConfig
 from gateway.core import Pin
+from gateway.model_config import INITIAL, RUNTIME
 from gateway.rollout.router import CANARY, STABLE, Router
 from gateway.rollout.state import Phase, RolloutState, RolloutStore
 from tests.conftest import ROOT, LiveServer, encode, free_port, gateway_settings, make_image
-from tests.tfserving_standin import StandInServer
+from tests.test_tfserving_backend import start_standin
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -121,7 +124,7 @@ def _wait_for_traffic(traffic: Traffic, n: int = 20) -> None:
 
 
 def _assert_config_loadable(repo, versions: set[int], labels: dict[str, int]) -> None:
-    parsed = text_format.Parse((repo / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    parsed = text_format.Parse((repo / RUNTIME).read_text(), model_server_config_pb2.ModelServerConfig())
     entry = parsed.model_config_list.config[0]
     assert set(entry.model_version_policy.specific.versions) == versions
     assert dict(entry.version_labels) == labels
@@ -158,25 +161,34 @@ def run_full_sequence(url: str, repo) -> None:
     assert not failures, f"{len(failures)} of {len(traffic.results)} requests failed: {Counter(failures)}"
 
 
+def as_committed(repo) -> str:
+    """Make the repository look like a fresh checkout: only the initial models.config (the runtime one is seeded)."""
+    (repo / INITIAL).write_text((repo / RUNTIME).read_text())
+    (repo / RUNTIME).unlink()
+    return (repo / INITIAL).read_text()
+
+
 def test_start_promote_abort_under_traffic_local(rollout_repo):
     from gateway.app import create_app
 
+    committed = as_committed(rollout_repo)
     settings = gateway_settings(rollout_repo, admin_token=TOKEN, rollout_poll_s=0.2)
     with LiveServer(create_app(settings)) as gw:
         run_full_sequence(gw.url, rollout_repo)
         assert not (rollout_repo / "tiny" / ".tmp").exists()
+    assert (rollout_repo / INITIAL).read_text() == committed, "a rollout rewrote the committed config"
 
 
 @contextmanager
 def standin_for(repo, **kwargs):
-    with StandInServer(repo / "models.config", path_map={"/models": str(repo)},
-                       allow_version_labels_for_unavailable_models=True, **kwargs) as server:
+    with start_standin(repo, **kwargs) as server:
         yield server
 
 
 def test_start_promote_abort_under_traffic_tfserving(rollout_repo):
     from gateway.app import create_app
 
+    committed = as_committed(rollout_repo)
     with standin_for(rollout_repo, load_delay_s=0.5) as standin:
         settings = gateway_settings(rollout_repo, admin_token=TOKEN, backend="tfserving",
                                     tfserving_address=standin.address, rollout_poll_s=0.2)
@@ -184,6 +196,7 @@ def test_start_promote_abort_under_traffic_tfserving(rollout_repo):
             run_full_sequence(gw.url, rollout_repo)
         assert set(standin.version_states("tiny")) >= {1, 2}
         assert standin.version_states("tiny")[2] == standin.version_states("tiny")[2]  # served, then states kept
+    assert (rollout_repo / INITIAL).read_text() == committed, "a rollout rewrote the committed config"
 
 
 def _spawn_gateway(repo, port: int, address: str) -> subprocess.Popen:
@@ -226,8 +239,7 @@ def test_crash_mid_start_then_restart_resumes(rollout_repo):
         proc.wait(timeout=10)
         state = json.loads((rollout_repo / "rollout.json").read_text())
         assert state["phase"] == "loading" and state["canary"] == 2
-        parsed = text_format.Parse((rollout_repo / "models.config").read_text(),
-                                   model_server_config_pb2.ModelServerConfig())
+        parsed = text_format.Parse((rollout_repo / RUNTIME).read_text(), model_server_config_pb2.ModelServerConfig())
         entry = parsed.model_config_list.config[0]
         assert set(entry.version_labels.values()) <= set(entry.model_version_policy.specific.versions)
         proc = _spawn_gateway(rollout_repo, port, standin.address)
@@ -287,7 +299,7 @@ def test_bad_input_leaves_state_unchanged(rollout_repo):
 
     with LiveServer(create_app(gateway_settings(rollout_repo, admin_token=TOKEN, rollout_poll_s=0.2))) as gw, \
             httpx.Client(base_url=gw.url, timeout=60) as client:
-        before = (rollout_repo / "models.config").read_text()
+        before = (rollout_repo / RUNTIME).read_text()
         cases = [
             ({"version": 9, "weight": 10}, AUTH, 404),
             ({"version": 2, "weight": 150}, AUTH, 422),
@@ -302,7 +314,7 @@ def test_bad_input_leaves_state_unchanged(rollout_repo):
             assert r.json()["error"]["message"]
         assert not (rollout_repo / "rollout.json").exists() or \
             json.loads((rollout_repo / "rollout.json").read_text())["phase"] == "idle"
-        assert (rollout_repo / "models.config").read_text() == before
+        assert (rollout_repo / RUNTIME).read_text() == before
         assert client.post("/v1/rollout/promote", headers=AUTH).status_code == 409
         _post(client, "/v1/rollout/start", {"version": 2, "weight": 10})
         snapshot = (rollout_repo / "rollout.json").read_text()
@@ -365,3 +377,129 @@ def test_two_replicas_share_the_rollout(rollout_repo):
         eventually(lambda: served_by(a.url, label="stable") == 2, "replica A never saw the promotion")
         eventually(lambda: [v["version"] for v in httpx.get(f"{a.url}/v1/models").json()["models"][0]["versions"]]
                    == [2], "replica A still lists version 1")
+
+
+# ---- fail fast, judge only what a version serves, judge fairly ------------------------------------------------------
+
+
+def _gateway(repo, backend: str, standin=None, **overrides) -> LiveServer:
+    from gateway.app import create_app
+
+    extra = {"backend": "tfserving", "tfserving_address": standin.address} if backend == "tfserving" else {}
+    return LiveServer(create_app(gateway_settings(repo, admin_token=TOKEN, rollout_poll_s=0.2, **extra, **overrides)))
+
+
+@contextmanager
+def _backend(repo, backend: str):
+    """(the stand-in or None, a gateway on `backend`) for the repository."""
+    if backend == "local":
+        with _gateway(repo, backend) as gw:
+            yield None, gw
+    else:
+        with standin_for(repo) as standin, _gateway(repo, backend, standin) as gw:
+            yield standin, gw
+
+
+@pytest.mark.parametrize("backend", ["local", "tfserving"])
+def test_a_version_that_fails_to_load_ends_the_start_at_once(rollout_repo, backend):
+    """A corrupt SavedModel: TF Serving ends the version with an error status (local: the loader raises), and the
+    start answers with that reason within seconds, not after the 300 s load timeout; stable keeps serving."""
+    shutil.copytree(rollout_repo / "tiny" / "2", rollout_repo / "tiny" / "3")
+    (rollout_repo / "tiny" / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with _backend(rollout_repo, backend) as (_, gw), httpx.Client(base_url=gw.url, timeout=120) as client:
+        started = time.monotonic()
+        r = client.post("/v1/rollout/start", json={"version": 3, "weight": 10}, headers=AUTH)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("model 'tiny' version 3 failed to load: ") and len(message) > 40, message
+        assert elapsed < 20, f"{elapsed:.1f} s: the rollout waited for the load timeout"
+        status = client.get("/v1/rollout", headers=AUTH).json()
+        assert status["phase"] == "idle" and status["canary"] is None
+        assert status["last_outcome"] == f"start of version 3 failed: {message}"
+        _assert_config_loadable(rollout_repo, {1}, {"stable": 1})
+        assert client.post("/predict", files={"image": ("x.png", IMAGE)}).json()["version"] == 1
+        _post(client, "/v1/rollout/start", {"version": 2, "weight": 10})  # nothing left half-done
+
+
+def test_a_canary_without_the_multilayer_signature_rolls_out_and_answers_the_fused_method_404(
+        rollout_repo, tmp_path):
+    """Warm-up calls only the signatures the version has; the fused method on it is the documented 404 (not held
+    against it), while stable still serves it."""
+    from tests.test_tfserving_backend import export_without_multilayer
+
+    export_without_multilayer(rollout_repo / "tiny" / "2", tmp_path / "2")
+    shutil.rmtree(rollout_repo / "tiny" / "2")
+    shutil.copytree(tmp_path / "2", rollout_repo / "tiny" / "2")
+    with _backend(rollout_repo, "tfserving") as (standin, gw), httpx.Client(base_url=gw.url, timeout=60) as client:
+        status = _post(client, "/v1/rollout/start", {"version": 2, "weight": 50})
+        assert status["phase"] == "running" and status["canary"] == 2
+        assert standin.calls[(2, "gradcam")] == 1 and standin.calls[(2, "gradcam_multilayer")] == 0
+        fused = {"method": "layercam-fused"}
+        r = client.post("/gradcam", files={"image": ("x.png", IMAGE)}, params={**fused, "label": "canary"})
+        assert r.status_code == 404 and "'gradcam_multilayer'" in r.json()["error"]["message"]
+        r = client.post("/gradcam", files={"image": ("x.png", IMAGE)}, params={**fused, "label": "stable"})
+        assert r.status_code == 200 and r.headers["X-Model-Version"] == "1"
+        versions = {v["version"]: v for v in client.get("/v1/models").json()["models"][0]["versions"]}
+        assert "layercam-fused" in versions[1]["methods"] and "layercam-fused" not in versions[2]["methods"]
+        assert client.get("/v1/rollout", headers=AUTH).json()["phase"] == "running"
+
+
+def test_an_outage_on_both_versions_does_not_roll_the_canary_back(rollout_repo):
+    """Stable alone for a while (weight 0), then TF Serving fails every call on both versions and the weight goes to
+    50: the canary's window holds only the outage, stable's mostly healthy traffic (the old whole-window comparison
+    rolled it back). Compared in the same time slices the two are equal: the rollout runs through the outage."""
+    with standin_for(rollout_repo) as standin, \
+            _gateway(rollout_repo, "tfserving", standin, rollback_min_requests=8, rollback_window_s=30) as gw, \
+            httpx.Client(base_url=gw.url, timeout=30) as client:
+        _post(client, "/v1/rollout/start", {"version": 2, "weight": 0})
+
+        def send(n: int) -> Counter:
+            seen = Counter()
+            for _ in range(n):
+                r = client.post("/predict", files={"image": ("x.png", IMAGE)})
+                seen[r.status_code, r.json().get("version")] += 1
+                assert client.get("/v1/rollout", headers=AUTH).json()["phase"] == "running", seen
+            return seen
+
+        assert send(30) == {(200, 1): 30}
+        standin.fail_versions = {1, 2}
+        assert send(10) == {(503, None): 10}
+        _post(client, "/v1/rollout/weight", {"weight": 50})
+        assert set(send(40)) == {(503, None)}
+        live = client.get("/v1/rollout", headers=AUTH).json()["live"]
+        assert live["canary"]["error_rate"] == 1.0 and live["stable"]["error_rate"] < 0.8, live  # unfair overall
+        assert live["same_slices"]["excess_error_rate"] == 0.0, live  # fair in the same slices
+        standin.fail_versions = set()
+        assert {v for _, v in send(30)} == {1, 2}
+
+
+def test_monitor_compares_in_the_same_slices_and_needs_significance():
+    """The monitor alone, on a fake clock (1 s slices): starved or unlucky samples never breach; a real excess does."""
+    from gateway.rollout.monitor import Monitor
+    from gateway.settings import Settings
+
+    now = [0.0]
+    monitor = Monitor(Settings(rollback_window_s=60, rollback_min_requests=20), clock=lambda: now[0])
+
+    def feed(n: int, stable_failures: int, canary_failures: int | None) -> None:
+        """n requests per side, alternating, 0.05 s apart; the first `*_failures` of each side fail."""
+        for i in range(n):
+            for role, failures in (("stable", stable_failures), ("canary", canary_failures)):
+                if failures is not None:
+                    now[0] += 0.05
+                    monitor.observe(role, 0.01, failed=i < failures)
+
+    feed(40, 0, None)  # stable alone and healthy for 4 s (weight 0)
+    feed(20, 20, None)  # an outage: stable fails ...
+    feed(40, 40, 40)  # ... then both fail while the canary takes half the traffic
+    assert monitor.stats()["canary"]["error_rate"] == 1.0 > 1.5 * monitor.stats()["stable"]["error_rate"]
+    assert monitor.breach() is None, monitor.compare()
+    monitor.reset()
+    feed(20, 0, 3)  # a handful of unlucky canary samples: 3 of 20 failed vs 0 of 20
+    assert monitor.breach() is None, monitor.compare()
+    feed(20, 0, 10)  # then a canary that really fails half its requests
+    assert "error rate" in monitor.breach(), monitor.compare()
+    monitor.reset()
+    feed(19, 0, 19)  # below the minimum count on each side: not judged yet
+    assert monitor.breach() is None
