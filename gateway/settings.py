@@ -21,7 +21,7 @@ class Settings(BaseSettings):
 
     backend: BackendKind = Field(BackendKind.local, description="`local` (TensorFlow in-process) or `tfserving` (gRPC)")
     models_dir: Path = Field(Path("models"), description="model repository: <name>/<version>/ SavedModels, "
-                             "models.config and rollout.json")
+                             "models.config (initial, never written), models.runtime.config and rollout.json")
     model_name: str = Field("eurosat", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the model served by default")
     tfserving_address: str = Field("localhost:8500", description="TensorFlow Serving gRPC host:port")
     tfserving_base_path: str = Field("/models", description="models_dir as TensorFlow Serving sees it")
