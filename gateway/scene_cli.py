@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway import geotiff, scene
+from gateway import cam, geotiff, scene
 from gateway.backends.base import GRADCAM, GRADCAM_MULTILAYER, Backend, Target, VersionMeta
 from gateway.errors import BackendUnavailable, DeadlineExceeded, GatewayError
 
-RETRIES = (1, 2, 4, 8, 16)  # seconds of backoff before each retry of a failed batch; then the run stops
+BACKOFF_S = 1.0  # the first retry's delay; each next one doubles
 
 
 class SceneError(Exception):
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inflight", type=int, default=None,
                         help="backend calls in flight (default: 2 local, 8 tfserving)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="retries of a batch while the backend is unavailable, with backoff 1, 2, 4, ... s; then "
+                        "the run stops, saying which tiles it reached (default %(default)s)")
     return parser
 
 
@@ -85,11 +88,13 @@ def plan(args, meta: VersionMeta, target: Target) -> Job:
         raise SceneError(f"{args.output} exists: pass --overwrite to replace it")
     if not args.output.parent.is_dir():
         raise SceneError(f"the folder of {args.output} does not exist")
+    if args.method not in cam.METHODS:
+        raise SceneError(f"--method {args.method[:40]!r} is not a CAM method: use one of {', '.join(cam.METHODS)}")
     if not meta.is_tile:
         raise SceneError(f"{target.model} version {target.version} is an image model (no ground resolution in its "
                          "card): the scene command needs a tile model (exported with --gsd-m)")
-    if args.batch < 1 or (args.inflight is not None and args.inflight < 1):
-        raise SceneError("--batch and --inflight must be at least 1")
+    if args.batch < 1 or (args.inflight is not None and args.inflight < 1) or args.retries < 0:
+        raise SceneError("--batch and --inflight must be at least 1, --retries at least 0")
     with _open_source(args.input) as ds:
         try:
             geotiff.check_layout(ds)
@@ -123,16 +128,18 @@ def read_rows(job: Job) -> Iterator[tuple[int, np.ndarray]]:
             yield row, job.grid.row_tiles(strip, row)
 
 
-async def with_retries(call, describe: str):
+async def with_retries(call, describe: str, retries: int):
     """A batch that fails because the backend is away is retried with backoff, then the run stops, saying where."""
-    for delay in (*RETRIES, None):
+    for attempt in range(retries + 1):
         try:
             return await call()
         except (BackendUnavailable, DeadlineExceeded) as exc:
-            if delay is None:
-                raise SceneError(f"the backend stayed unavailable ({exc.message}); stopped at {describe}; "
-                                 "nothing was written") from None
-            print(f"backend unavailable ({exc.message}); retrying in {delay} s", file=sys.stderr)
+            if attempt == retries:
+                raise BackendUnavailable(f"the backend stayed unavailable after {retries} retries ({exc.message}); "
+                                         f"stopped at {describe}; nothing was written") from None
+            delay = BACKOFF_S * 2**attempt
+            print(f"backend unavailable ({exc.message}); retry {attempt + 1}/{retries} in {delay:g} s",
+                  file=sys.stderr)
             await asyncio.sleep(delay)
 
 
@@ -154,12 +161,12 @@ async def run(job: Job, backend: Backend, args) -> dict:
         where = f"tiles {first_tile}-{first_tile + len(tiles) - 1} of {len(grid)} (grid row {first_tile // grid.cols})"
         async with inflight:
             if explain is None:
-                result = await with_retries(lambda: backend.predict(tiles, job.target, timeout), where)
+                result = await with_retries(lambda: backend.predict(tiles, job.target, timeout), where, args.retries)
             else:
-                signature = GRADCAM_MULTILAYER if args.method in _multi_layer() else GRADCAM
+                signature = GRADCAM_MULTILAYER if args.method in cam.MULTI_LAYER else GRADCAM
                 classes = np.full(len(tiles), explain, np.int32)
                 result = await with_retries(
-                    lambda: backend.explain(tiles, classes, job.target, timeout, signature), where)
+                    lambda: backend.explain(tiles, classes, job.target, timeout, signature), where, args.retries)
         cells = np.arange(first_tile, first_tile + len(tiles))
         probabilities[cells // grid.cols, cells % grid.cols] = result.probabilities
         if explain is not None:
@@ -203,12 +210,6 @@ async def run(job: Job, backend: Backend, args) -> dict:
     seconds = time.perf_counter() - started
     write_outputs(job, args, probabilities, canvas, explain)
     return summary(job, probabilities, seconds)
-
-
-def _multi_layer() -> set[str]:
-    from gateway import cam
-
-    return cam.MULTI_LAYER
 
 
 def _class_index(text: str, names: tuple[str, ...]) -> int:

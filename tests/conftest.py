@@ -186,3 +186,28 @@ def rollout_repo(models_repo, tiny_export_v2, tmp_path) -> Path:
     shutil.copytree(models_repo, root)
     shutil.copytree(tiny_export_v2, root / "tiny" / "2")
     return root
+
+
+@pytest.fixture(scope="session")
+def eurosat_repo(tmp_path_factory) -> Path:
+    """A model repository with the committed eurosat version 1 only (so tests never touch models/)."""
+    import shutil
+
+    from gateway.backends.base import ModelConfig
+    from gateway.model_config import ConfigStore
+
+    root = tmp_path_factory.mktemp("eurosat-repo")
+    shutil.copytree(ROOT / "models" / "eurosat" / "1", root / "eurosat" / "1")
+    ConfigStore(root, "/models").write([ModelConfig("eurosat", (1,), {"stable": 1})])
+    return root
+
+
+@pytest.fixture(scope="module")
+def eurosat_gateway(eurosat_repo):
+    """The committed EuroSAT model served by the gateway (local backend), HTTP and gRPC."""
+    from gateway.app import create_app
+
+    settings = gateway_settings(eurosat_repo, model_name="eurosat", grpc_port=free_port(), max_body_bytes=50_000_000)
+    with LiveServer(create_app(settings)) as server:
+        server.grpc_port = server.app.state.grpc_port
+        yield server

@@ -6,8 +6,6 @@ A tile model reads ground at 10 m per pixel: an input larger than one tile must 
 
 from __future__ import annotations
 
-import shutil
-
 import cv2
 import grpc
 import httpx
@@ -16,33 +14,11 @@ import pytest
 from affine import Affine
 from rasterio.io import MemoryFile
 
-from tests.conftest import ROOT, LiveServer, encode, free_port, gateway_settings
+from tests.conftest import ROOT, encode
 from tests.scenes import CLASSES, ORIGIN, UTM_33N, assemble, at_gsd, geotiff, per_tile_accuracy, random_blocks
 
 JSON = {"Accept": "application/json"}
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "layercam-fused")
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A model repository with the committed eurosat version 1 only (so tests never touch models/)."""
-    from gateway.backends.base import ModelConfig
-    from gateway.model_config import ConfigStore
-
-    root = tmp_path_factory.mktemp("eurosat-repo")
-    shutil.copytree(ROOT / "models" / "eurosat" / "1", root / "eurosat" / "1")
-    ConfigStore(root, "/models").write([ModelConfig("eurosat", (1,), {"stable": 1})])
-    return root
-
-
-@pytest.fixture(scope="module")
-def gateway(repo):
-    from gateway.app import create_app
-
-    settings = gateway_settings(repo, model_name="eurosat", grpc_port=free_port(), max_body_bytes=50_000_000)
-    with LiveServer(create_app(settings)) as server:
-        server.grpc_port = server.app.state.grpc_port
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +39,15 @@ def classmap(gateway, data: bytes, **params) -> dict:
 
 
 @pytest.mark.parametrize("source", ["png-10m", "png-5m", "geotiff-10m", "geotiff-5m"])
-def test_class_map_is_right_per_tile(gateway, every_tile, source):
+def test_class_map_is_right_per_tile(eurosat_gateway, every_tile, source):
     image, truth = every_tile
     kind, gsd = source.split("-")
     gsd = float(gsd.rstrip("m"))
     pixels = at_gsd(image, gsd)
     if kind == "png":
-        body = classmap(gateway, encode(pixels), **({"gsd_m": gsd} if gsd != 10 else {}))
+        body = classmap(eurosat_gateway, encode(pixels), **({"gsd_m": gsd} if gsd != 10 else {}))
     else:
-        body = classmap(gateway, geotiff(pixels, gsd))  # the GSD comes from the geotransform
+        body = classmap(eurosat_gateway, geotiff(pixels, gsd))  # the GSD comes from the geotransform
     assert (body["rows"], body["cols"]) == truth.shape
     assert body["cell_size_px"] == [64 * 10 / gsd] * 2 and body["gsd_m"] == pytest.approx(gsd)
     accuracy = per_tile_accuracy(np.array(body["classes"]), truth)
@@ -79,21 +55,21 @@ def test_class_map_is_right_per_tile(gateway, every_tile, source):
     assert np.isclose(sum(c["fraction"] for c in body["composition"]), 1.0)
 
 
-def test_tiling_a_5m_image_without_its_gsd_is_wrong_and_with_it_right(gateway, every_tile):
+def test_tiling_a_5m_image_without_its_gsd_is_wrong_and_with_it_right(eurosat_gateway, every_tile):
     """Why the GSD matters: at 5 m each 64 px tile sees a quarter of the ground the model was trained on."""
     image, truth = every_tile
     pixels = encode(at_gsd(image, 5))
-    naive = classmap(gateway, pixels)  # taken as 10 m: twice the rows and columns, a quarter of the ground each
+    naive = classmap(eurosat_gateway, pixels)  # taken as 10 m: twice the rows and columns, a quarter of the ground each
     assert (naive["rows"], naive["cols"]) == (2 * truth.shape[0], 2 * truth.shape[1])
     assert per_tile_accuracy(np.array(naive["classes"]), truth) < 0.9
-    assert per_tile_accuracy(np.array(classmap(gateway, pixels, gsd_m=5)["classes"]), truth) >= 0.95
+    assert per_tile_accuracy(np.array(classmap(eurosat_gateway, pixels, gsd_m=5)["classes"]), truth) >= 0.95
 
 
-def test_geotiff_out_is_georeferenced_and_equals_the_json_map(gateway, every_tile):
+def test_geotiff_out_is_georeferenced_and_equals_the_json_map(eurosat_gateway, every_tile):
     image, _ = every_tile
     tiff = geotiff(at_gsd(image, 5), 5.0)
-    as_json = classmap(gateway, tiff)
-    response = post(gateway, "/classmap", tiff, headers={"Accept": "image/tiff"}, name="scene.tif")
+    as_json = classmap(eurosat_gateway, tiff)
+    response = post(eurosat_gateway, "/classmap", tiff, headers={"Accept": "image/tiff"}, name="scene.tif")
     assert response.status_code == 200 and response.headers["content-type"] == "image/tiff"
     with MemoryFile(response.content) as memfile, memfile.open() as ds:
         assert ds.crs.to_string() == UTM_33N
@@ -106,10 +82,10 @@ def test_geotiff_out_is_georeferenced_and_equals_the_json_map(gateway, every_til
         assert ds.tags()["class_names"].startswith('["AnnualCrop"')
 
 
-def test_predict_of_a_scene_ranks_its_composition(gateway, every_tile):
+def test_predict_of_a_scene_ranks_its_composition(eurosat_gateway, every_tile):
     image, truth = every_tile
     crop, crop_truth = image[: 6 * 64, : 8 * 64], truth[:6, :8]
-    body = post(gateway, "/predict", encode(crop), {"top_k": 10}).json()
+    body = post(eurosat_gateway, "/predict", encode(crop), {"top_k": 10}).json()
     scene = body["scene"]
     assert (scene["rows"], scene["cols"]) == crop_truth.shape
     true = np.bincount(crop_truth.ravel(), minlength=len(CLASSES)) / crop_truth.size
@@ -123,36 +99,46 @@ def test_predict_of_a_scene_ranks_its_composition(gateway, every_tile):
         CLASSES[int(np.argmax(got))]}
 
 
-def test_a_single_tile_answers_as_before(gateway):
+def test_models_show_how_a_version_reads_ground(eurosat_gateway):
+    version = httpx.get(f"{eurosat_gateway.url}/v1/models").json()["models"][0]["versions"][0]
+    assert version["input_kind"] == "tile" and version["gsd_m"] == 10.0
+    properties = version["card"]["properties"]
+    assert properties["gsd"] == 10.0 and properties["mlm:input"][0]["bands"] == ["red", "green", "blue"]
+    assert properties["mlm:input"][0]["input"]["shape"] == [-1, 64, 64, 3]
+    assert [c["name"] for c in properties["mlm:output"][0]["classification:classes"]] == CLASSES
+
+
+def test_a_single_tile_answers_as_before(eurosat_gateway):
     tile = (ROOT / "tests" / "samples" / "Forest.jpg").read_bytes()
-    body = post(gateway, "/predict", tile).json()
+    body = post(eurosat_gateway, "/predict", tile).json()
     assert "scene" not in body and body["predictions"][0]["label"] == "Forest"
-    one = classmap(gateway, tile)
+    one = classmap(eurosat_gateway, tile)
     assert (one["rows"], one["cols"]) == (1, 1) and one["classes"] == [[1]]
 
 
-def test_partial_edge_tiles_are_kept_and_agree_with_the_model(gateway, every_tile):
+def test_partial_edge_tiles_are_kept_and_agree_with_the_model(eurosat_gateway, every_tile):
     """A 150 x 100 px scene is 3 x 2 cells; the last row and column are partial, read from windows flush with the
     edge, and each cell says exactly what /predict says of that window."""
     image, _ = every_tile
     scene = image[:150, :100]
-    body = classmap(gateway, encode(scene))
+    body = classmap(eurosat_gateway, encode(scene))
     assert (body["rows"], body["cols"]) == (3, 2)
     for row, y0 in enumerate((0, 64, 150 - 64)):
         for col, x0 in enumerate((0, 100 - 64)):
-            window = post(gateway, "/predict", encode(scene[y0 : y0 + 64, x0 : x0 + 64])).json()["predictions"][0]
+            tile = encode(scene[y0 : y0 + 64, x0 : x0 + 64])
+            window = post(eurosat_gateway, "/predict", tile).json()["predictions"][0]
             assert body["classes"][row][col] == window["index"]
             assert body["confidence"][row][col] == pytest.approx(window["probability"], abs=1e-4)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_scene_heat_map_stays_on_the_explained_class(gateway, method):
+def test_scene_heat_map_stays_on_the_explained_class(eurosat_gateway, method):
     """4x4-tile scenes where the explained class covers one 2x2 block: the map's mass lies in those tiles."""
     for seed, target in ((1, 0), (2, 3), (3, 1)):
         blocks = np.array([[target, (target + 1) % 10], [(target + 2) % 10, (target + 3) % 10]])
         blocks = np.roll(blocks, seed, axis=1)
         image, truth = assemble(blocks, seed=seed)
-        response = post(gateway, "/gradcam", encode(image), {"class": CLASSES[target], "method": method}, JSON)
+        response = post(eurosat_gateway, "/gradcam", encode(image), {"class": CLASSES[target], "method": method}, JSON)
         assert response.status_code == 200, response.text
         body = response.json()
         heat = np.array(body["heatmap"])
@@ -163,24 +149,24 @@ def test_scene_heat_map_stays_on_the_explained_class(gateway, method):
         assert body["label"] == CLASSES[target] and (body["scene"]["rows"], body["scene"]["cols"]) == (4, 4)
 
 
-def test_scene_heat_map_png_covers_the_scene(gateway, every_tile):
+def test_scene_heat_map_png_covers_the_scene(eurosat_gateway, every_tile):
     image, _ = every_tile
-    response = post(gateway, "/gradcam", encode(image[:256, :384]), {"rank": 2})
+    response = post(eurosat_gateway, "/gradcam", encode(image[:256, :384]), {"rank": 2})
     assert response.status_code == 200 and response.headers["X-Class-Label"] in CLASSES
     overlay = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR)
     assert overlay.shape[1] / overlay.shape[0] == pytest.approx(384 / 256, abs=0.01)  # the whole scene
 
 
-def test_class_map_png_in_the_palette(gateway, every_tile):
+def test_class_map_png_in_the_palette(eurosat_gateway, every_tile):
     image, _ = every_tile
-    plain = post(gateway, "/classmap", encode(image[:128, :192]))
+    plain = post(eurosat_gateway, "/classmap", encode(image[:128, :192]))
     assert plain.status_code == 200 and plain.headers["content-type"] == "image/png"
     painted = cv2.cvtColor(cv2.imdecode(np.frombuffer(plain.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert painted.shape[:2] == (128, 192)
-    body = classmap(gateway, encode(image[:128, :192]))
+    body = classmap(eurosat_gateway, encode(image[:128, :192]))
     colour = body["colors"][body["classes"][0][0]]
     assert tuple(painted[10, 10]) == tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    over = post(gateway, "/classmap", encode(image[:128, :192]), {"overlay": "true"})
+    over = post(eurosat_gateway, "/classmap", encode(image[:128, :192]), {"overlay": "true"})
     assert over.status_code == 200 and over.content != plain.content
 
 
@@ -188,7 +174,7 @@ def test_class_map_png_in_the_palette(gateway, every_tile):
     ("corrupt", 400), ("two-bands", 415), ("float", 415), ("too-many-tiles", 413), ("contradicting-gsd", 422),
     ("negative-gsd", 422),
 ])
-def test_bad_scenes_get_clear_errors(gateway, case, status):
+def test_bad_scenes_get_clear_errors(eurosat_gateway, case, status):
     params = {}
     if case == "corrupt":
         data = geotiff(np.zeros((64, 64, 3), np.uint8), 10.0)[:300]
@@ -205,7 +191,7 @@ def test_bad_scenes_get_clear_errors(gateway, case, status):
         data, params = geotiff(np.zeros((128, 128, 3), np.uint8), 10.0), {"gsd_m": 5}
     else:
         data, params = encode(np.zeros((128, 128, 3), np.uint8)), {"gsd_m": -5}
-    response = post(gateway, "/classmap", data, params, JSON, name="x.tif")
+    response = post(eurosat_gateway, "/classmap", data, params, JSON, name="x.tif")
     assert response.status_code == status, response.text
     message = response.json()["error"]["message"]
     if case == "too-many-tiles":
@@ -214,13 +200,13 @@ def test_bad_scenes_get_clear_errors(gateway, case, status):
         assert "accepted" in message
 
 
-def test_grpc_class_map_equals_http(gateway, every_tile):
+def test_grpc_class_map_equals_http(eurosat_gateway, every_tile):
     from gateway.protos import gateway_pb2, gateway_pb2_grpc
 
     image, _ = every_tile
     tiff = geotiff(image[:256, :320], 10.0)
-    over_http = classmap(gateway, tiff)
-    with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+    over_http = classmap(eurosat_gateway, tiff)
+    with grpc.insecure_channel(f"127.0.0.1:{eurosat_gateway.grpc_port}") as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         answer = stub.ClassMap(gateway_pb2.ClassMapRequest(image=tiff, geotiff=True), timeout=60)
         with pytest.raises(grpc.RpcError) as refused:
@@ -233,7 +219,7 @@ def test_grpc_class_map_equals_http(gateway, every_tile):
         np.testing.assert_array_equal(ds.read(1), np.array(over_http["classes"]))
 
 
-def test_tf_serving_gives_the_same_scene_answers(repo, gateway, every_tile):
+def test_tf_serving_gives_the_same_scene_answers(eurosat_repo, eurosat_gateway, every_tile):
     """A 1024 x 1024 scene (256 tiles) through the TF Serving stand-in: split into several Predict calls, the same
     class map as the embedded backend, and the same heat map within 1e-3."""
     from tests.test_tfserving_backend import start_standin, tfserving_gateway
@@ -241,12 +227,14 @@ def test_tf_serving_gives_the_same_scene_answers(repo, gateway, every_tile):
     image, _ = every_tile
     scene = np.vstack([image, image[: 1024 - image.shape[0]]])[:1024, :1024]
     data = encode(scene)
-    local_map = classmap(gateway, data)
-    local_cam = post(gateway, "/gradcam", data, {"class": "Forest"}, JSON).json()
-    with start_standin(repo) as standin, tfserving_gateway(repo, standin.address, model_name="eurosat",
+    local_map = classmap(eurosat_gateway, data)
+    local_cam = post(eurosat_gateway, "/gradcam", data, {"class": "Forest"}, JSON).json()
+    with start_standin(eurosat_repo) as standin, tfserving_gateway(eurosat_repo, standin.address, model_name="eurosat",
                                                            max_body_bytes=50_000_000) as remote:
         remote_map = classmap(remote, data)
-        remote_cam = post(remote, "/gradcam", data, {"class": "Forest"}, JSON).json()
+        remote_cam = post(remote, "/gradcam", data, {"class": "Forest"}, JSON)
+        assert remote_cam.status_code == 200, remote_cam.text
+        remote_cam = remote_cam.json()
         assert standin.calls[(1, "serving_default")] >= 256 // 32  # tiles in chunks, each message bounded
     assert remote_map["classes"] == local_map["classes"]
     np.testing.assert_allclose(remote_map["confidence"], local_map["confidence"], atol=1e-4)

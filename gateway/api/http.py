@@ -326,6 +326,7 @@ async def core_models(core: GatewayCore) -> schemas.ModelsResponse:
                 version=v, state=states.get(v, "UNKNOWN"),
                 labels=sorted(k for k, lv in config.labels.items() if lv == v),
                 class_names=list(meta.class_names), input_size=list(meta.input_size), metrics=meta.metrics,
+                input_kind="tile" if meta.is_tile else "image", gsd_m=meta.gsd_m, card=meta.card,
                 signatures=sorted(signatures), methods=served_methods(signatures)))
         out.append(schemas.ModelInfo(name=config.name, default=config.name == core.settings.model_name,
                                      versions=versions))

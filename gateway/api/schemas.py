@@ -168,6 +168,11 @@ class VersionInfo(BaseModel):
     class_names: list[str]
     input_size: list[int]
     metrics: dict = Field(default_factory=dict, description="test-split metrics recorded at export")
+    input_kind: str = Field("image", description="`tile`: reads ground at `gsd_m`, larger inputs are resampled and "
+                            "tiled; `image`: the whole image is resized to `input_size`")
+    gsd_m: float | None = Field(None, description="a tile model's ground sample distance, metres per pixel")
+    card: dict = Field(default_factory=dict, description="the version's STAC model card (Machine Learning Model "
+                       "extension: mlm:input bands/shape/scaling, gsd, mlm:output classes)")
     signatures: list[str] = Field(default_factory=list, description="the SavedModel signatures the loaded version "
                                   "serves (from the backend; empty while it is not loaded)")
     methods: list[str] = Field(default_factory=list, description="the CAM methods it can answer; any other is 404")
