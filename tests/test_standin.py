@@ -228,6 +228,26 @@ def test_status_polling_loading_then_available(make_server, connect, images):
         assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_version_that_fails_to_load_ends_with_its_error_and_the_old_one_keeps_serving(make_server, connect,
+                                                                                         images, repo):
+    """An existing model's reload answers OK; the broken version then reports END with the loader's error in its
+    status (what a client polls for), and stays aspired, so the old version is never unloaded."""
+    broken = repo / "tiny" / "3"
+    shutil.copytree(repo / "tiny" / "2", broken)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    try:
+        client = connect(make_server({"tiny": ([1], {})}))
+        assert client.reload({"tiny": ([1, 3], {})}).status.error_code == 0
+        assert client.wait_state(3, END)[-1] == END
+        status = client.models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name="tiny", version={"value": 3})), timeout=5).model_version_status[0]
+        assert status.status.error_code != 0 and status.status.error_message
+        assert client.states()[1] == AVAILABLE
+        assert client.predict.Predict(predict_request(images), timeout=10).model_spec.version.value == 1
+    finally:
+        shutil.rmtree(broken)
+
+
 # ---- predict -------------------------------------------------------------------------------------------------------
 
 
