@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the throughput runs")
     parser.add_argument("--sequential", type=int, default=200, help="requests per route at concurrency 1")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
+    parser.add_argument("--no-scene", action="store_true",
+                        help="skip the scene figures (/classmap and `python -m gateway scene` on 2048/8192 px rasters)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.sequential < 1:
         parser.error("--duration, --clients and --sequential must be positive")
@@ -193,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     report["raw"] = measure_raw(version_dir, batch, min(args.duration, 10), args.sequential)
     report["figures"] = figures(report["gateway"], report["naive"], report["raw"])
     report["targets"] = judge(report["figures"])
+    if not args.no_scene:
+        from bench import scene
+
+        report["scene"] = scene.measure(args.models_dir, args.model, version_dir, args.duration)
+        report["targets"] |= report["scene"].pop("targets")
     report["wall_s"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

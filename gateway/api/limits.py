@@ -81,12 +81,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refuse("head_timeout", b"408 Request Timeout")
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is not None:
+        """Counts only bytes that leave the head unfinished: a client that sends head and body in one write (most
+        do, for small bodies) has its head completed by the parser within this very call."""
+        counting = self._head_timer is not None
+        super().data_received(data)
+        if counting and self._head_timer is not None:  # still no complete head after this chunk
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._disarm()
-                return self._refuse("head_too_large", b"431 Request Header Fields Too Large")
-        super().data_received(data)
+                self._refuse("head_too_large", b"431 Request Header Fields Too Large")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
