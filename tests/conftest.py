@@ -207,7 +207,9 @@ def eurosat_gateway(eurosat_repo):
     """The committed EuroSAT model served by the gateway (local backend), HTTP and gRPC."""
     from gateway.app import create_app
 
-    settings = gateway_settings(eurosat_repo, model_name="eurosat", grpc_port=free_port(), max_body_bytes=50_000_000)
+    # a long deadline: admission refuses work estimated not to fit it, and a busy test machine slows scenes down
+    settings = gateway_settings(eurosat_repo, model_name="eurosat", grpc_port=free_port(), max_body_bytes=50_000_000,
+                                request_timeout_s=120)
     with LiveServer(create_app(settings)) as server:
         server.grpc_port = server.app.state.grpc_port
         yield server

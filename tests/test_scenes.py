@@ -229,8 +229,9 @@ def test_tf_serving_gives_the_same_scene_answers(eurosat_repo, eurosat_gateway, 
     data = encode(scene)
     local_map = classmap(eurosat_gateway, data)
     local_cam = post(eurosat_gateway, "/gradcam", data, {"class": "Forest"}, JSON).json()
-    with start_standin(eurosat_repo) as standin, tfserving_gateway(eurosat_repo, standin.address, model_name="eurosat",
-                                                           max_body_bytes=50_000_000) as remote:
+    with start_standin(eurosat_repo) as standin, tfserving_gateway(
+            eurosat_repo, standin.address, model_name="eurosat", max_body_bytes=50_000_000,
+            request_timeout_s=120) as remote:
         remote_map = classmap(remote, data)
         remote_cam = post(remote, "/gradcam", data, {"class": "Forest"}, JSON)
         assert remote_cam.status_code == 200, remote_cam.text
