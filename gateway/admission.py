@@ -11,22 +11,32 @@ decoded images in flight never exceed the budget's pixels (3 bytes each as RGB).
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway import cam
 from gateway.decoding import ImageHeader
 from gateway.errors import Overloaded, PayloadTooLarge
 
-# One tile through `serving_default` in the 32-tile chunks a scene is sent in: about 1.4 ms of this machine's CPU
-# (7.7 ms measured at batch 32 while other jobs held the cores, 2.6x their batch-1 figure against README's 3.7 ms),
-# the time to decode 200,000 JPEG pixels.
-TILE_COST = 200_000
 # Measured at batch 1 (README "The SavedModel contract"): serving_default 3.7 ms, gradcam 3.9 ms, the two-stage
 # gradcam_multilayer 5.4 ms.
 SINGLE_LAYER_WEIGHT = 3.9 / 3.7
 MULTI_LAYER_WEIGHT = 5.4 / 3.7
 RETRY_AFTER_S = 1
+IDLE_SECONDS_PER_UNIT = 7e-9  # one JPEG pixel decoded, on one idle core
+# An idle backend call of n tiles takes IDLE_CALL_S + n x IDLE_TILE_S: 3.7 ms at n = 1 (README), and 7.7 ms a tile
+# was measured at n = 32 with other jobs holding the cores, 2.6x their batch-1 figure: about 1.3 ms idle.
+IDLE_CALL_S, IDLE_TILE_S = 2.4e-3, 1.33e-3
+TILE_COST = round(IDLE_TILE_S / IDLE_SECONDS_PER_UNIT)  # 190,000: a tile costs the model what 190,000 pixels cost
+LEARN_FROM = 1_000_000  # requests below this cost are never refused on the estimate (their time is overheads)
+LEARNING_RATE = 0.2
+HALF_LIFE_S = 30.0
+HEADROOM = 0.8  # refuse what is estimated to need more than this share of the deadline
+CORES = len(os.sched_getaffinity(0))
+# Slowdown per unit of load average per core: 625 tiles took 13 ms each at a load of 5 per core here, 10x idle.
+LOAD_SLOWDOWN = 2.0
 # Decoding time per pixel relative to JPEG (7 ns), measured on 2000x2000 images here with OpenCV: BMP 2 ns, WebP 17,
 # PNG 19 (8-bit) and 50 (16-bit), TIFF 33 (16-bit), GIF 73. The slower depth counts: headers do not say it reliably.
 DECODE_WEIGHT = {"jpeg": 1, "bmp": 1, "webp": 3, "png": 7, "tiff": 5, "gif": 10}
@@ -50,21 +60,60 @@ def request_cost(headers: Iterable[ImageHeader], method: str | None = None, tile
 
 @dataclass
 class WorkBudget:
-    """Pixel-equivalents admitted and not yet finished. Used from the event loop only, so it needs no lock."""
+    """Pixel-equivalents admitted and not yet finished, and how much slower than idle the machine serves now. Used
+    from the event loop only, so it needs no lock.
+
+    The constants above hold on an idle machine; when the cores are shared the same work takes several times longer
+    (12x measured here with other jobs running), and a request admitted on the constants alone would end in a 504.
+    So the slowdown is learnt from every backend call (its time against the idle time of a call that size) and from
+    requests that time out, and a large request whose estimate does not fit in the deadline is refused at once with
+    503. The slowdown decays back to 1 (half-life `HALF_LIFE_S`), so one slow spell does not refuse large requests for
+    ever.
+    """
 
     capacity: int
+    deadline_s: float = 10.0
+    slowdown: float = 1.0
     in_flight: int = 0
+    _learnt_at: float = field(default_factory=time.monotonic)
+
+    def estimate_s(self, cost: int) -> float:
+        """How long `cost` would take now: at the idle rate, times the recent slowdown decayed towards 1, and at
+        least the load average per core (known before any call has been timed, e.g. just after start-up)."""
+        now = time.monotonic()
+        self.slowdown = 1 + (self.slowdown - 1) * 0.5 ** ((now - self._learnt_at) / HALF_LIFE_S)
+        self._learnt_at = now
+        return cost * IDLE_SECONDS_PER_UNIT * max(self.slowdown, LOAD_SLOWDOWN * os.getloadavg()[0] / CORES)
 
     def take(self, cost: int) -> None:
         """Admit `cost`, or refuse at once: 413 when it alone exceeds the whole budget (it could never run),
-        503 with Retry-After when the work already in flight leaves no room for it now."""
+        503 with Retry-After when the work in flight leaves no room for it now or it would not finish in time."""
         if cost > self.capacity:
             raise PayloadTooLarge(f"the request needs {cost:,} pixel-equivalents of work; one request may use at most "
                                   f"{self.capacity:,}: send fewer or smaller images")
         if self.in_flight + cost > self.capacity:
             raise Overloaded(f"the gateway has {self.in_flight:,} of {self.capacity:,} pixel-equivalents of work in "
                              f"flight and cannot take {cost:,} more now", retry_after=RETRY_AFTER_S)
+        estimate = self.estimate_s(self.in_flight + cost) if cost >= LEARN_FROM else 0.0  # it shares the cores
+        if estimate > HEADROOM * self.deadline_s:
+            raise Overloaded(f"the gateway is busy: this request would take about {estimate:.0f} s now, past the "
+                             f"{self.deadline_s:g} s deadline", retry_after=RETRY_AFTER_S)
         self.in_flight += cost
 
-    def give_back(self, cost: int) -> None:
+    def _learn(self, slowdown: float, at_least: bool = False) -> None:
+        self.estimate_s(0)  # decay up to now first
+        if at_least:
+            self.slowdown = max(self.slowdown, slowdown)
+        else:
+            self.slowdown += LEARNING_RATE * (max(1.0, slowdown) - self.slowdown)
+
+    def observe_backend(self, tiles: int, elapsed_s: float) -> None:
+        """A backend call of `tiles` tiles took `elapsed_s`."""
+        self._learn(elapsed_s / (IDLE_CALL_S + tiles * IDLE_TILE_S))
+
+    def give_back(self, cost: int, elapsed_s: float | None = None) -> None:
+        """Release `cost`; a request that timed out (`elapsed_s` past the deadline) says the machine is at least that
+        much slower than idle."""
         self.in_flight -= cost
+        if elapsed_s is not None and elapsed_s >= self.deadline_s and cost >= LEARN_FROM:
+            self._learn(elapsed_s / (cost * IDLE_SECONDS_PER_UNIT), at_least=True)

@@ -201,7 +201,7 @@ class GatewayCore:
         self.batcher = MicroBatcher(settings.max_batch_size, settings.batch_slots,
                                     on_batch=lambda sig, n: metrics.batch_size.labels(sig).observe(n))
         self._admitted = 0
-        self.budget = admission.WorkBudget(settings.max_inflight_pixels)
+        self.budget = admission.WorkBudget(settings.max_inflight_pixels, settings.request_timeout_s)
 
     @asynccontextmanager
     async def admit(self, cost: int = 0):
@@ -218,14 +218,17 @@ class GatewayCore:
             raise
         self._admitted += 1
         self.metrics.inflight.inc()
+        started, served = time.perf_counter(), False  # served or timed out: its time teaches the budget
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 yield
+            served = True
         except TimeoutError:
+            served = True
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
         finally:
             self._admitted -= 1
-            self.budget.give_back(cost)
+            self.budget.give_back(cost, time.perf_counter() - started if served else None)
             self.metrics.inflight.dec()
 
     async def decode(self, data: bytes, scale: float | None = None, header: ImageHeader | None = None) -> np.ndarray:
@@ -250,6 +253,11 @@ class GatewayCore:
         reductions = [self._reduction(header, meta, g[1][1] if g and g[1] else gsd_m, render_side)
                       for header, g in zip(headers, geo, strict=True)]
         reductions = [(tiles, 1.0 if g else scale) for (tiles, scale), g in zip(reductions, geo, strict=True)]
+        most = max(tiles for tiles, _ in reductions)
+        if most > self.settings.max_scene_tiles:  # as `layout` would say, but before decoding a pixel
+            raise PayloadTooLarge(f"the scene needs {most} tiles at {meta.gsd_m:g} m; the limit per request is "
+                                  f"{self.settings.max_scene_tiles}: use `python -m gateway scene IN.tif OUT.tif` "
+                                  "for large rasters")
         cost = admission.request_cost(headers, method, sum(t for t, _ in reductions))
         return cost, [(header, scale) for header, (_, scale) in zip(headers, reductions, strict=True)]
 
@@ -293,6 +301,7 @@ class GatewayCore:
                 return await call(x, e)
             finally:
                 self.metrics.backend_latency.labels(signature).observe(time.perf_counter() - started)
+                self.budget.observe_backend(len(x), time.perf_counter() - started)
 
         return await self.batcher.submit((target, signature), images, extra, run, split)
 

@@ -48,9 +48,10 @@ class Settings(BaseSettings):
     max_inflight: int = Field(256, gt=0, description="requests admitted at once; more get 503 with Retry-After")
     max_inflight_pixels: int = Field(
         400_000_000, gt=0, description="work admitted at once, in pixel-equivalents (gateway/admission.py): a request "
-        "costs its declared pixels (x 1 for JPEG/BMP up to x 10 for GIF, by decoding time) plus 200,000 per model "
-        "tile (x the CAM method's weight). Past it, 503 with Retry-After at once; a request costing more than all of "
-        "it, 413. Images are decoded one at a time per request, so the decoded images in flight stay under 3 bytes x "
+        "costs its declared pixels (x 1 for JPEG/BMP up to x 10 for GIF, by decoding time) plus 190,000 per model "
+        "tile (x the CAM method's weight). Past it, 503 with Retry-After at once (also when, at the speed the backend "
+        "serves now, a large request would not finish within the deadline); a request costing more than all of it, "
+        "413. Images are decoded one at a time per request, so the decoded images in flight stay under 3 bytes x "
         "this as RGB (1.2 GB at the default; far less in practice: only the decode threads decode at once)")
     shadow_queue_size: int = Field(64, gt=0, description="bounded queue of mirrored (shadow) requests")
     rollout_poll_s: float = Field(1.0, gt=0, description="how often replicas re-read the shared rollout state")
