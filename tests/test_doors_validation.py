@@ -241,3 +241,9 @@ def test_grpc_answers_are_counted(http, stub):
     with pytest.raises(grpc.RpcError):
         channel.unary_unary("/scenecam.v1.Gateway/Predict")(b"\xff\xff", timeout=30)
     assert (count("OK"), count("INVALID_ARGUMENT")) == (ok + 1, invalid + 1)
+
+
+@pytest.mark.parametrize("query", ["max_side=-5", "max_side=8", "max_side=1.0", "alpha=2", "alpha=nan", "overlay=2",
+                                   "gsd=10"])
+def test_classmap_options_follow_the_same_rules(http, query):
+    refused(http.post(f"/classmap?{query}", files={"image": ("x.png", IMAGE)}))

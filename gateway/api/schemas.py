@@ -67,6 +67,12 @@ class ClassMapParams(SceneParams):
     max_side: AsciiInt | None = Field(None, description="longest side of the PNG (capped by the gateway)",
                                       json_schema_extra={"minimum": 16})
 
+    @model_validator(mode="after")
+    def _options(self):
+        validation.check_alpha(self.alpha)
+        validation.check_max_side(self.max_side)
+        return self
+
 
 class PredictParams(SceneParams):
     top_k: AsciiInt = Field(5, description="classes per image", json_schema_extra={"minimum": 1})
