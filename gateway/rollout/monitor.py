@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from gateway.settings import Settings
 
-SLICES = 10  # time slices per window
+SLICES = 60  # time slices per window: 1 s at the default 60 s, short enough that an outage starts in few slices
 Z_CRITICAL = 2.33  # one-sided 99%
 
 
@@ -102,11 +102,14 @@ class Monitor:
                 "error_rate": round(sum(w[2] for w in window) / len(window), 4) if window else None,
                 "p95_latency_s": _round(_p95(timed)),
             }
-        agree = [w[1] for w in self.agreement]
-        out["shadow"] = {"comparisons": len(agree), "agreement": round(sum(agree) / len(agree), 4) if agree else None}
+        out["shadow"] = self._shadow()
         c = self.compare()
-        out["same_slices"] = None if c is None else {k: _round(v) for k, v in c.__dict__.items()}
+        out["same_slices"] = None if c is None else {k: _round(v) for k, v in asdict(c).items()}
         return out
+
+    def _shadow(self) -> dict:
+        agree = [w[1] for w in self.agreement]
+        return {"comparisons": len(agree), "agreement": round(sum(agree) / len(agree), 4) if agree else None}
 
     def breach(self) -> str | None:
         """Why the canary must be rolled back now, or None; judged only with enough requests on both sides."""
@@ -122,7 +125,8 @@ class Monitor:
                     return (f"canary p95 latency {c.canary_p95_s * 1000:.0f} ms exceeds "
                             f"{s.rollback_max_latency_ratio:g}x stable's {c.stable_p95_s * 1000:.0f} ms "
                             f"+ {s.rollback_latency_slack_s * 1000:.0f} ms")
-        shadow = self.stats()["shadow"]
+        self._prune(self.clock())
+        shadow = self._shadow()
         if shadow["comparisons"] >= s.rollback_min_requests and shadow["agreement"] < s.rollback_min_agreement:
             return (f"shadow top-1 agreement {shadow['agreement']:.1%} is below the floor "
                     f"{s.rollback_min_agreement:.1%}")
