@@ -368,13 +368,13 @@ class GatewayCore:
             return SceneImage(pixels, own or ((gsd_m, gsd_m) if gsd_m else None), geo)
         header, scale = reduction or (None, 1.0)
         pixels = await self.decode(data, scale if scale < 1 else None, header)
-        if not (gsd_m and header):
-            return SceneImage(pixels, (gsd_m, gsd_m) if gsd_m else None)
-        full = (header.height, header.width)
-        if full[0] != full[1] and (pixels.shape[0] > pixels.shape[1]) != (full[0] > full[1]):  # EXIF-rotated
-            full = full[::-1]
-        reduced = (full[0] / pixels.shape[0], full[1] / pixels.shape[1])
-        return SceneImage(pixels, (gsd_m * reduced[0], gsd_m * reduced[1]), reduced=reduced)
+        reduced = (1.0, 1.0)
+        if header is not None:
+            full = (header.height, header.width)
+            if full[0] != full[1] and (pixels.shape[0] > pixels.shape[1]) != (full[0] > full[1]):  # EXIF-rotated
+                full = full[::-1]
+            reduced = (full[0] / pixels.shape[0], full[1] / pixels.shape[1])
+        return SceneImage(pixels, (gsd_m * reduced[0], gsd_m * reduced[1]) if gsd_m else None, reduced=reduced)
 
     def layout(self, image: SceneImage, meta: VersionMeta) -> Layout | None:
         """The grid a tile model covers this input with, or None when it is one tile (or an image model)."""
