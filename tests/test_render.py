@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gateway.render import COLORMAPS, MIN_OUTPUT_SIDE, colorize, encode_png, output_side, overlay
+from tests.conftest import SAMPLES
 
 
 def image(h: int = 60, w: int = 100) -> np.ndarray:
@@ -101,9 +102,16 @@ def test_errors():
         overlay(image(), ramp(), cap=-1)
 
 
-def test_png_round_trip():
-    img = image(33, 47)
+@pytest.mark.parametrize("shape", [(33, 47), (256, 256), (300, 500)])  # stored, and deflated (larger than 128^2)
+def test_png_round_trip(shape):
+    img = image(*shape)
     data = encode_png(img)
     assert isinstance(data, bytes) and data.startswith(b"\x89PNG")
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), img)
+
+
+def test_an_enlarged_tile_compresses():
+    tile = cv2.cvtColor(cv2.imread(str(SAMPLES / "Forest.jpg")), cv2.COLOR_BGR2RGB)
+    png = encode_png(overlay(tile, ramp()))
+    assert len(png) < 0.6 * 256 * 256 * 3
