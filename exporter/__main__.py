@@ -53,9 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last epoch checkpoint, with the run's own settings")
 
-    e = sub.add_parser("evaluate", help="metrics, confusion matrix and curves on the run's test split")
+    e = sub.add_parser("evaluate", help="metrics, calibration, confusion matrix and curves on the test split, of a "
+                       "training run or (with --version) of an exported version as served")
     run_dir(e)
-    e.add_argument("--data", default=None, help="dataset to evaluate on (default: the one the run trained on)")
+    e.add_argument("--data", default=None, help="for a run: where its training data is now (its test "
+                   "split is used); with --version: any folder-per-class dataset, evaluated whole (default: the "
+                   "version's test split)")
+    e.add_argument("--version", type=int, default=None,
+                   help="evaluate models/<name>/<version> (the SavedModel as served) instead of --run-dir")
+    e.add_argument("--out", default=None, help="where a --version evaluation goes (default runs/<name>-v<version>/"
+                   "evaluation; never inside the immutable version)")
 
     x = sub.add_parser("export", help="write models/<name>/<version>/ as a SavedModel with three signatures "
                        "(serving_default, gradcam, gradcam_multilayer)")
@@ -69,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground sample distance the model was trained at, metres per pixel (EuroSAT: 10): makes it a "
                    "tile model, so larger scenes are resampled to this scale and tiled; omit for a photo-scene model "
                    "(the whole image is resized)")
+
+    for flag in ("--models-dir", "--name"):
+        e._add_action(next(act for act in x._actions if flag in act.option_strings))
+
+    k = sub.add_parser("calibrate", help="a new version of an exported one whose probabilities are temperature-"
+                       "scaled (T fitted on its validation split); same signatures, logits and Grad-CAM gradients")
+    for flag in ("--models-dir", "--name"):
+        k._add_action(next(act for act in x._actions if flag in act.option_strings))
+    k.add_argument("--version", type=int, required=True, help="the exported version to calibrate")
+    k.add_argument("--to-version", type=int, default=None, help="version number to write (default: next free)")
 
     c = sub.add_parser("card", help="write the STAC model card (assets/model_card.json) of an exported version")
     for flag in ("--models-dir", "--name"):
@@ -99,10 +116,18 @@ def main(argv: list[str] | None = None) -> int:
             from exporter.train import train
 
             train(cfg, resume=args.resume)
-        if args.command in ("evaluate", "all"):
+        if args.command == "evaluate" and args.version is not None:
+            from exporter.evaluate import evaluate_version
+
+            evaluate_version(args.models_dir, args.name, args.version, args.data, args.out)
+        elif args.command in ("evaluate", "all"):
             from exporter.evaluate import evaluate
 
             evaluate(args.run_dir, getattr(args, "data", None))
+        if args.command == "calibrate":
+            from exporter.calibrate import calibrate_version
+
+            print(calibrate_version(args.models_dir, args.name, args.version, args.to_version))
         if args.command in ("export", "all"):
             from exporter.export import export_from_run
 

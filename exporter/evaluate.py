@@ -1,4 +1,5 @@
-"""Evaluation on the run's held-out test split: accuracy, per-class P/R/F1, confusion matrix, curves."""
+"""Evaluation on the held-out test split, of a training run or of an exported version as served: accuracy,
+per-class P/R/F1, confusion matrix, calibration (ECE, NLL, reliability diagram), curves."""
 
 from __future__ import annotations
 
@@ -80,14 +81,38 @@ def plot_history(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write_evaluation(out: Path, labels: np.ndarray, logits: np.ndarray, probabilities: np.ndarray,
+                     class_names: list[str], **extra) -> dict:
+    """Metrics of what is served (argmax and confidence of `probabilities`), calibration before (softmax of the raw
+    logits) and after, confusion matrix and reliability diagram, written to `out`."""
+    from exporter.calibration import calibration_summary, plot_reliability, softmax
+
+    raw = softmax(logits)
+    metrics = classification_metrics(labels, probabilities.argmax(axis=1), class_names)
+    metrics["calibration"] = {"before": calibration_summary(raw, labels), "after": calibration_summary(probabilities,
+                                                                                                      labels)}
+    metrics.update(extra)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "confusion_matrix.json").write_text(json.dumps(metrics["confusion_matrix"], indent=1))
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]["matrix"]), class_names, out / "confusion_matrix.png")
+    plot_reliability({"raw logits": raw, "as served": probabilities}, labels, out / "reliability_diagram.png")
+    after = metrics["calibration"]["after"]
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['num_test_images']} images; ECE {after['ece_15_bins']:.4f}"
+          f" (raw {metrics['calibration']['before']['ece_15_bins']:.4f}), NLL {after['nll']:.4f}")
+    return metrics
+
+
 def evaluate(run_dir: str | Path, data: str | None = None) -> dict:
-    """Write `run_dir/evaluation/{metrics.json, confusion_matrix.json, confusion_matrix.png, training_curves.png}`."""
+    """Write `run_dir/evaluation/{metrics.json, confusion_matrix.json, confusion_matrix.png, reliability_diagram.png,
+    training_curves.png}`, with the probabilities calibrated by the run's temperature as the export will serve them."""
     run_dir = Path(run_dir)
     run_file, model_file = run_dir / "run.json", run_dir / "model.keras"
     if not run_file.is_file() or not model_file.is_file():
         raise ExporterError(f"{run_dir} holds no finished training run (run.json, model.keras): run `train` first")
     import keras
 
+    from exporter.calibration import softmax
     from exporter.dataset import load_dataset
     from exporter.pipeline import decode_all
     from exporter.train import TrainConfig, split_dataset
@@ -99,18 +124,66 @@ def evaluate(run_dir: str | Path, data: str | None = None) -> dict:
         raise ExporterError(f"dataset classes {dataset.class_names} differ from the run's {run['class_names']}")
     test = split_dataset(dataset, cfg)["test"]
     model = keras.saving.load_model(model_file)
-    images = decode_all(test, cfg.input_size)
-    logits = model.predict(images.astype(np.float32), batch_size=256, verbose=0)
-    metrics = classification_metrics(test.labels, logits.argmax(axis=1), dataset.class_names)
-    metrics["train_seconds"] = run.get("train_seconds")
+    logits = model.predict(decode_all(test, cfg.input_size).astype(np.float32), batch_size=256, verbose=0)
+    temperature = run.get("temperature", 1.0)
     out = run_dir / "evaluation"
-    out.mkdir(exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "confusion_matrix.json").write_text(json.dumps(metrics["confusion_matrix"], indent=1))
-    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]["matrix"]), dataset.class_names,
-                          out / "confusion_matrix.png")
+    metrics = write_evaluation(out, test.labels, logits, softmax(logits, temperature), dataset.class_names,
+                               temperature=temperature, train_seconds=run.get("train_seconds"))
+    print(f"wrote {out}")
     history_file = run_dir / "history.json"
     if history_file.is_file():
         plot_history(json.loads(history_file.read_text()), out / "training_curves.png")
-    print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['num_test_images']} images; wrote {out}")
+    return metrics
+
+
+def version_dir(models_dir: str | Path, name: str, version: int) -> Path:
+    path = Path(models_dir) / name / str(version)
+    if not (path / "saved_model.pb").is_file() or not (path / "assets" / "metadata.json").is_file():
+        raise ExporterError(f"{path} is not an exported version (saved_model.pb, assets/metadata.json): "
+                            "check --models-dir, --name and --version")
+    return path
+
+
+def served_outputs(saved_model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, probabilities) from the `serving_default` signature, exactly what a client gets."""
+    import tensorflow as tf
+
+    serve = saved_model.signatures["serving_default"]
+    outs = [serve(images=tf.constant(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return tuple(np.concatenate([o[key].numpy() for o in outs]) for key in ("logits", "probabilities"))
+
+
+def version_data(path: Path, data: str | None = None) -> tuple[dict, dict]:
+    """A version's metadata and its training data as split for training (same seed: train / val / test), or all of
+    `data` (as "all") when given."""
+    from exporter.config import TrainConfig
+    from exporter.dataset import load_dataset
+    from exporter.train import split_dataset
+
+    meta = json.loads((path / "assets" / "metadata.json").read_text())
+    config = meta.get("training", {}).get("config")
+    if data is None and config is None:
+        raise ExporterError(f"{path} records no training config, so its splits are unknown: pass --data")
+    dataset = load_dataset(data or config["data"])
+    if dataset.class_names != meta["class_names"]:
+        raise ExporterError(f"dataset classes {dataset.class_names} differ from the version's {meta['class_names']}")
+    return meta, {"all": dataset} if data else split_dataset(dataset, TrainConfig.from_json(config))
+
+
+def evaluate_version(models_dir: str | Path, name: str, version: int, data: str | None = None,
+                     out: str | Path | None = None) -> dict:
+    """Evaluate an exported SavedModel as served (no .keras file needed) on its test split, or on all of `data`;
+    results go to `out` (default runs/<name>-v<version>/evaluation), never into the immutable version."""
+    import tensorflow as tf
+
+    from exporter.pipeline import decode_all
+
+    path = version_dir(models_dir, name, version)
+    meta, parts = version_data(path, data)
+    test = parts["all" if data else "test"]
+    logits, probabilities = served_outputs(tf.saved_model.load(str(path)), decode_all(test, meta["input_size"][0]))
+    out = Path(out) if out else Path("runs") / f"{name}-v{version}" / "evaluation"
+    metrics = write_evaluation(out, test.labels, logits, probabilities, meta["class_names"], version=version,
+                               temperature=meta.get("temperature", 1.0), data=data or "test split")
+    print(f"wrote {out}")
     return metrics

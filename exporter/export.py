@@ -29,10 +29,11 @@ class GradCamHead:
 
     `features` maps the input to (hi-res activations, Grad-CAM activations, the vector fed to the final Dense);
     logits are recomputed from that Dense layer's kernel so gradients are of the logit even when the model ends in
-    a softmax.
+    a softmax. Probabilities are softmax(logits / temperature) (see calibration.py); logits and gradients stay raw.
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, temperature: float = 1.0):
+        self.temperature = float(temperature)
         pools = [layer for layer in model.layers if isinstance(layer, POOLING_TYPES)]
         denses = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
         if not pools or not denses or len(model.inputs) != 1:
@@ -76,7 +77,7 @@ class GradCamHead:
     def predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         _, _, pooled = self.features(tf.cast(images, tf.float32), training=False)
         logits = self.logits(pooled)
-        return {"probabilities": tf.nn.softmax(logits), "logits": logits}
+        return {"probabilities": tf.nn.softmax(logits / self.temperature), "logits": logits}
 
     def gradcam(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
         """The contract signature, last stage only: its gradient needs no backward pass through any convolution."""
@@ -98,7 +99,7 @@ class GradCamHead:
             selected = tf.reduce_sum(logits * tf.one_hot(chosen, self.num_classes), axis=1)
         sources = {"activations": cam, "activations_hires": hires} if multilayer else {"activations": cam}
         grads = tape.gradient(selected, list(sources.values()))
-        out = {**sources, "probabilities": tf.nn.softmax(logits), "class_index": chosen}
+        out = {**sources, "probabilities": tf.nn.softmax(logits / self.temperature), "class_index": chosen}
         out.update({name.replace("activations", "gradients"): g for name, g in zip(sources, grads, strict=True)})
         return out
 
@@ -155,11 +156,13 @@ def export_model(
     extra_metadata: dict | None = None,
     evaluation_dir: Path | None = None,
     gsd_m: float | None = None,
+    temperature: float = 1.0,
 ) -> Path:
-    """Write `models_dir/name/version/` atomically and return it. `gsd_m` makes it a tile model (see card.py)."""
+    """Write `models_dir/name/version/` atomically and return it. `gsd_m` makes it a tile model (see card.py);
+    `temperature` calibrates the probabilities (see calibration.py)."""
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ExporterError(f"model name {name!r} must be letters, digits, '-' or '_'")
-    head = GradCamHead(model)
+    head = GradCamHead(model, temperature)
     if len(class_names) != head.num_classes:
         raise ExporterError(f"{len(class_names)} class names given for a model with {head.num_classes} outputs")
     model_root = Path(models_dir) / name
@@ -185,6 +188,7 @@ def export_model(
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "temperature": head.temperature,
             **(extra_metadata or {}),
         }
         (assets / "metadata.json").write_text(json.dumps(metadata, indent=1))
@@ -247,4 +251,5 @@ def export_from_run(
             metrics = json.loads(metrics_file.read_text())
             extra["metrics"] = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "per_class")}
     evaluation = run_dir / "evaluation" if run else None
-    return export_model(model, class_names, models_dir, name, version, extra, evaluation, gsd_m)
+    return export_model(model, class_names, models_dir, name, version, extra, evaluation, gsd_m,
+                        run.get("temperature", 1.0))

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from exporter.calibration import fit_temperature
 from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
 from exporter.dataset import Dataset, load_dataset, stratified_split
 from exporter.errors import ExporterError
@@ -194,7 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
         print(f"resuming {run_dir} after epoch {first}/{cfg.epochs} ({state['checkpoint']})", file=sys.stderr)
     train_ds = training_batches(decode_all(splits["train"], cfg.input_size), splits["train"].labels, depth,
                                 cfg.batch_size, cfg.seed, first, cfg.epochs)
-    val_ds = eval_batches(decode_all(splits["val"], cfg.input_size), splits["val"].labels, depth, cfg.batch_size)
+    val_images = decode_all(splits["val"], cfg.input_size)
+    val_ds = eval_batches(val_images, splits["val"].labels, depth, cfg.batch_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = EpochCheckpoint(cfg, data.class_names, state if resume else None)
     model.fit(
@@ -208,7 +210,9 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
         callbacks=[checkpoint, *callbacks],
     )
     _save_model_atomically(model, run_dir / "model.keras")
+    val_logits = model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
     run = {
+        "temperature": round(fit_temperature(val_logits, splits["val"].labels), 4),  # baked into the export
         "config": asdict(cfg),
         "class_names": data.class_names,
         "skipped_files": data.skipped,

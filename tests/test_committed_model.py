@@ -43,3 +43,25 @@ def test_models_config_serves_the_committed_version():
     assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [1]
     assert dict(entry.version_labels) == {"stable": 1}
     assert (ROOT / "models" / "eurosat" / "1" / "saved_model.pb").is_file()
+
+
+def test_committed_calibrated_version_is_version_1_with_trustworthy_confidence():
+    """models/eurosat/2 is version 1 temperature-scaled (`exporter calibrate --version 1`): same contract, logits
+    and answers, and on the test split a confidence that matches its accuracy (ECE <= 0.015, issue 16)."""
+    v1, v2 = VERSION, VERSION.parent / "2"
+    meta = json.loads((v2 / "assets" / "metadata.json").read_text())
+    evaluation = json.loads((v2 / "evaluation" / "metrics.json").read_text())
+    before, after = evaluation["calibration"]["before"], evaluation["calibration"]["after"]
+    assert meta["calibrated_from"] == 1 and evaluation["accuracy"] == meta["metrics"]["accuracy"] == 0.9716
+    assert after["ece_15_bins"] <= 0.015 < before["ece_15_bins"] and after["nll"] < before["nll"]
+    old, new = tf.saved_model.load(str(v1)), tf.saved_model.load(str(v2))
+    images = tf.constant(np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+                                   for p in sorted(SAMPLES.glob("*.jpg"))]))
+    a, b = old.signatures["serving_default"](images=images), new.signatures["serving_default"](images=images)
+    np.testing.assert_array_equal(a["logits"].numpy(), b["logits"].numpy())
+    logits = b["logits"].numpy().astype(np.float64) / meta["temperature"]
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(b["probabilities"].numpy(), expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
+    for name in ("serving_default", "gradcam", "gradcam_multilayer"):
+        assert new.signatures[name].structured_outputs.keys() == old.signatures[name].structured_outputs.keys()
+        assert new.signatures[name].structured_input_signature == old.signatures[name].structured_input_signature
