@@ -56,9 +56,27 @@ def test_assets_describe_the_version(tiny_export):
     assert meta["tensorflow_version"] == tf.__version__
     assert "accuracy" in meta["metrics"]
     assert (tiny_export / "assets" / "class_names.txt").read_text().split() == sorted(TINY_CLASSES)
-    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png", "training_curves.png"):
+    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png", "training_curves.png",
+                 "reliability_diagram.png"):
         assert (tiny_export / "evaluation" / name).stat().st_size > 0
     assert (tiny_export / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+
+
+def test_probabilities_are_temperature_scaled_logits_stay_raw(loaded, tiny_run, tiny_export, batch):
+    """The run's validation-fitted temperature is baked into every signature's probabilities, and only there."""
+    from exporter.calibration import softmax
+
+    t = json.loads((tiny_export / "assets" / "metadata.json").read_text())["temperature"]
+    assert t == json.loads((tiny_run / "run.json").read_text())["temperature"] != 1.0
+    out = loaded.signatures["serving_default"](images=tf.constant(batch))
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    np.testing.assert_allclose(out["logits"].numpy(), model(batch.astype(np.float32), training=False).numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"].numpy(), softmax(out["logits"].numpy(), t), atol=1e-6)
+    g = loaded.signatures["gradcam"](images=tf.constant(batch), class_index=tf.constant([-1] * 6, tf.int32))
+    np.testing.assert_allclose(g["probabilities"].numpy(), out["probabilities"].numpy(), atol=1e-6)
+    calibration = json.loads((tiny_export / "evaluation" / "metrics.json").read_text())["calibration"]
+    assert set(calibration) == {"before", "after"} and "ece_15_bins" in calibration["after"]
 
 
 def _tape_gradients(model: keras.Model, images: np.ndarray, classes: np.ndarray):
