@@ -130,7 +130,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         }
         _write_atomically(self.run_dir / STATE_FILE, json.dumps(state))
         _write_atomically(self.run_dir / "history.json", json.dumps({**progress, **self.history}, indent=1))
-        for old in folder.glob("epoch-*.keras"):
+        for old in folder.glob("*.keras"):  # older epochs, and a temporary file a kill left behind
             if old.name != name:
                 old.unlink()
 

@@ -46,6 +46,8 @@ def runs(tiny_dataset, tmp_path_factory):
     with pytest.raises(KeyboardInterrupt):
         train(cut_cfg, callbacks=(CutDuring(epoch=2, batch=1),))
     after_cut = json.loads((Path(cut_cfg.run_dir) / "history.json").read_text())
+    # a kill in the middle of writing epoch 3's checkpoint would leave this; resume ignores it and clears it away
+    (Path(cut_cfg.run_dir) / "checkpoints" / ".tmp-epoch-0003.keras").write_bytes(b"half a zip")
     with pytest.raises(ExporterError, match=re.escape("unfinished run (epoch 2/4): pass --resume")):
         train(cut_cfg)  # a fresh start would throw the first two epochs away
     return uncut, train(cut_cfg, resume=True), after_cut
