@@ -539,12 +539,14 @@ class GatewayCore:
                           alpha=validation.check_alpha(options.alpha),
                           max_side=validation.check_max_side(options.max_side))
         self.check_gsd(gsd_m)
-        max_side = min(options.max_side or self.settings.max_output_side, self.settings.max_output_side)
         request_id = request_id or uuid.uuid4().hex
-        cost, (reduction,) = self.plan([encoded], pin, gsd_m, options.method, render_side=max_side)
+        render_side = min(options.max_side or self.settings.max_output_side, self.settings.max_output_side)
+        cost, (reduction,) = self.plan([encoded], pin, gsd_m, options.method, render_side=render_side)
         async with self.admit(cost):
             decoded = await self.decode_scene(encoded, gsd_m, reduction)
             image = decoded.pixels
+            # the overlay's longest side: as asked, else the input's own (at least 256 px), never above the cap
+            max_side = render.output_side(decoded.input_shape, options.max_side, self.settings.max_output_side)
 
             async def work(target: Target, meta: VersionMeta) -> GradCamResult:
                 layout = self.layout(decoded, meta)

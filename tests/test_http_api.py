@@ -63,12 +63,13 @@ def test_pinning_unknown_version_or_label_is_404(client, image):
     _error(client.post("/predict", files=files, params={"model": "nope"}), 404, "not_found")
 
 
-def test_gradcam_png_overlay_at_original_size(client, image):
+def test_gradcam_png_overlay_enlarged_to_be_seen(client, image):
+    """A small image's overlay is enlarged to at least 256 px (nearest neighbour), keeping its shape."""
     r = client.post("/gradcam", files={"image": ("x.png", encode(image))})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     png = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
-    assert png.shape == image.shape
+    assert png.shape == (256, 256, 3) and image.shape == (96, 96, 3)
     assert r.headers["X-Model-Version"] == "1" and r.headers["X-Class-Label"] in {"circles", "noise", "stripes"}
     assert 0 < float(r.headers["X-Class-Probability"]) <= 1
 
@@ -87,7 +88,7 @@ def test_gradcam_json_and_class_choices(client, image):
         heat = np.array(body["heatmap"])
         assert heat.shape == (16, 16) and heat.min() >= 0 and heat.max() <= 1
         png = cv2.imdecode(np.frombuffer(base64.b64decode(body["png_base64"]), np.uint8), cv2.IMREAD_COLOR)
-        assert png.shape == image.shape
+        assert png.shape == (256, 256, 3)
 
 
 def test_gradcam_output_size_is_capped(client):
