@@ -33,16 +33,19 @@ def test_committed_model_classifies_the_samples():
     np.testing.assert_array_equal(cam["class_index"].numpy(), probs.argmax(axis=1))
 
 
-def test_models_config_serves_the_committed_version():
+def test_models_config_serves_the_calibrated_version():
+    """Version 2 (version 1 calibrated) was promoted with a canary rollout and is the committed stable version."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     parsed = text_format.Parse((ROOT / "models" / "models.config").read_text(),
                                model_server_config_pb2.ModelServerConfig())
     entry = parsed.model_config_list.config[0]
-    assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [1]
-    assert dict(entry.version_labels) == {"stable": 1}
-    assert (ROOT / "models" / "eurosat" / "1" / "saved_model.pb").is_file()
+    assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [2]
+    assert dict(entry.version_labels) == {"stable": 2}
+    assert (ROOT / "models" / "eurosat" / "2" / "saved_model.pb").is_file()
+    card = json.loads((ROOT / "models" / "eurosat" / "2" / "assets" / "model_card.json").read_text())
+    assert card["properties"]["scenecam:input_kind"] == "tile" and card["properties"]["gsd"] == 10.0
 
 
 def test_committed_calibrated_version_is_version_1_with_trustworthy_confidence():
