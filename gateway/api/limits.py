@@ -81,15 +81,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refuse("head_timeout", b"408 Request Timeout")
 
     def data_received(self, data: bytes) -> None:
-        """Counts only bytes that leave the head unfinished: a client that sends head and body in one write (most
-        do, for small bodies) has its head completed by the parser within this very call."""
-        counting = self._head_timer is not None
-        super().data_received(data)
-        if counting and self._head_timer is not None:  # still no complete head after this chunk
-            self._head_bytes += len(data)
+        """Counts the head's bytes only, up to its blank line: a client that sends head and body in one write (most
+        do, for small bodies) is not mistaken for one with an oversized head."""
+        if self._head_timer is not None:
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._disarm()
-                self._refuse("head_too_large", b"431 Request Header Fields Too Large")
+                return self._refuse("head_too_large", b"431 Request Header Fields Too Large")
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
