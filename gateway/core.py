@@ -355,25 +355,22 @@ class GatewayCore:
             raise InvalidParameter(f"gsd_m must be between {self.settings.min_gsd_m:g} and "
                                    f"{self.settings.max_gsd_m:g} metres per pixel, got {gsd_m:g}")
 
-    async def decode_scene(self, data: bytes, gsd_m: float | None,
-                           reduction: tuple[ImageHeader, float] | None = None) -> SceneImage:
+    async def decode_scene(self, data: bytes, gsd_m: float | None, reduction: tuple[ImageHeader, float]) -> SceneImage:
         """Pixels and ground resolution: a GeoTIFF's from its geotransform (rasterio), others from `gsd_m`; reduced
-        while decoding by `reduction` (from `plan`), the GSD then being that of the reduced pixels."""
-        if sniff(data) == "tiff" and await asyncio.to_thread(geotiff.georeferenced_tiff, data):
+        while decoding by `reduction` (`plan`'s header and scale), the GSD then being that of the reduced pixels."""
+        header, scale = reduction
+        if header.format == "geotiff":  # `plan` found its georeferencing: read it once, with rasterio
             pixels, geo = await asyncio.to_thread(geotiff.read_geotiff, data, self.settings.max_image_pixels)
             own = geo.gsd_m(pixels.shape[:2])
             if own and gsd_m and abs(own[1] - gsd_m) > 0.01 * own[1]:
                 raise InvalidParameter(f"gsd_m={gsd_m:g} contradicts the GeoTIFF's own {own[1]:g} m per pixel; "
                                        "omit gsd_m to use the file's")
             return SceneImage(pixels, own or ((gsd_m, gsd_m) if gsd_m else None), geo)
-        header, scale = reduction or (None, 1.0)
         pixels = await self.decode(data, scale if scale < 1 else None, header)
-        reduced = (1.0, 1.0)
-        if header is not None:
-            full = (header.height, header.width)
-            if full[0] != full[1] and (pixels.shape[0] > pixels.shape[1]) != (full[0] > full[1]):  # EXIF-rotated
-                full = full[::-1]
-            reduced = (full[0] / pixels.shape[0], full[1] / pixels.shape[1])
+        full = (header.height, header.width)
+        if full[0] != full[1] and (pixels.shape[0] > pixels.shape[1]) != (full[0] > full[1]):  # EXIF-rotated
+            full = full[::-1]
+        reduced = (full[0] / pixels.shape[0], full[1] / pixels.shape[1])
         return SceneImage(pixels, (gsd_m * reduced[0], gsd_m * reduced[1]) if gsd_m else None, reduced=reduced)
 
     def layout(self, image: SceneImage, meta: VersionMeta) -> Layout | None:

@@ -124,18 +124,6 @@ def probe(data: bytes, max_pixels: int) -> tuple[ImageHeader, tuple[float, float
     return ImageHeader("geotiff", *shape), geo.gsd_m(shape)
 
 
-def georeferenced_tiff(data: bytes) -> bool:
-    """Whether TIFF bytes carry a CRS or a geotransform (then rasterio reads them, else OpenCV as any image)."""
-    with MemoryFile(data) as memfile:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(memfile.name) as dataset:
-                    return is_georeferenced(dataset)
-        except RasterioError:
-            return False  # let the ordinary decoder give its error
-
-
 def _blocksize(height: int, width: int) -> int:
     """COG block side: 512 for large maps, smaller for small ones, so that at least one overview level exists."""
     side = 512
