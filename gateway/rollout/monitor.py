@@ -1,13 +1,16 @@
 """Sliding-window comparison of canary and stable: error rate, p95 latency, shadow agreement -> rollback reason.
 
-Canary and stable are compared within the same time slices of the window only (a Mantel-Haenszel comparison
-stratified by slice): an outage that hits both versions raises both error rates in the same slices and is nobody's
-fault, and a weight change cannot make one side's window older than the other's. An error-rate breach also needs
-to be significant (one-sided CMH test at 99%), so a handful of unlucky samples never rolls a canary back.
+Canary and stable are compared only between calls that are neighbours in time: walking the window's calls in order,
+each call of one version is matched with the (at most MATCH_SPAN) calls of the other version just before it, and
+each such group is one stratum of a Mantel-Haenszel comparison. An outage that hits both versions fails both sides of
+every stratum after it starts, so it is nobody's fault, whenever it starts; fixed clock slices were not enough (a
+canary call late in a slice was compared with stable's healthy calls early in it). An error-rate breach also needs to
+be significant (one-sided CMH test at 99%), so a handful of unlucky samples never rolls a canary back.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import deque
@@ -17,13 +20,14 @@ import numpy as np
 
 from gateway.settings import Settings
 
-SLICES = 60  # time slices per window: 1 s at the default 60 s, short enough that an outage starts in few slices
+MATCH_SPAN = 4  # calls of the other version matched with one call: enough for a 20% canary to use all of stable's
+MATCH_GAP = 1 / 60  # of the window: a match older than this (1 s at the default 60 s) says nothing about the call
 Z_CRITICAL = 2.33  # one-sided 99%
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Canary vs stable over the slices where both served: requests, error rates, MH excess and its z score."""
+    """Canary vs stable over the matched strata: requests, error rates, MH excess and its z score."""
 
     stable_requests: int
     canary_requests: int
@@ -64,15 +68,27 @@ class Monitor:
         self.agreement.append((now, agree, None))
         self._prune(now)
 
+    def _strata(self) -> list[dict[str, list]]:
+        """Disjoint groups of neighbours in time: a run of one version's calls (its last MATCH_SPAN, each at most
+        MATCH_GAP of the window older) closed by the next call of the other version."""
+        gap = self.s.rollback_window_s * MATCH_GAP
+        merged = heapq.merge(*([(at, role, elapsed, failed) for at, elapsed, failed in window]
+                               for role, window in self.calls.items()))
+        strata, run = [], []
+        for at, role, elapsed, failed in merged:
+            if run and run[0][1] != role:
+                near = [(e, f) for t, _, e, f in run[-MATCH_SPAN:] if at - t <= gap]
+                if near:
+                    strata.append({run[0][1]: near, role: [(elapsed, failed)]})
+                run = []
+            else:
+                run.append((at, role, elapsed, failed))
+        return strata
+
     def compare(self) -> Comparison | None:
-        """Both versions within the same slices; None until some slice has answers from both."""
+        """Both versions within matched strata; None until some call has a neighbour of the other version."""
         self._prune(self.clock())
-        width = self.s.rollback_window_s / SLICES
-        slices: dict[int, dict[str, list]] = {}
-        for role, window in self.calls.items():
-            for at, elapsed, failed in window:
-                slices.setdefault(int(at // width), {"stable": [], "canary": []})[role].append((elapsed, failed))
-        shared = [s for s in slices.values() if s["stable"] and s["canary"]]
+        shared = self._strata()
         if not shared:
             return None
         n = {role: sum(len(s[role]) for s in shared) for role in ("stable", "canary")}
@@ -104,7 +120,7 @@ class Monitor:
             }
         out["shadow"] = self._shadow()
         c = self.compare()
-        out["same_slices"] = None if c is None else {k: _round(v) for k, v in asdict(c).items()}
+        out["matched"] = None if c is None else {k: _round(v) for k, v in asdict(c).items()}
         return out
 
     def _shadow(self) -> dict:
