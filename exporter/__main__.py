@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground sample distance the model was trained at, metres per pixel (EuroSAT: 10): makes it a "
                    "tile model, so larger scenes are resampled to this scale and tiled; omit for a photo-scene model "
                    "(the whole image is resized)")
+    x.add_argument("--tta", action="store_true",
+                   help="serve the mean over the eight flips/rotations of each square input (test-time augmentation: "
+                   "8x the forward work per image; the temperature is fitted again on the run's validation split)")
 
     for flag in ("--models-dir", "--name"):
         e._add_action(next(act for act in x._actions if flag in act.option_strings))
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 version=args.version,
                 class_names_file=getattr(args, "class_names", None),
                 gsd_m=args.gsd_m,
+                tta=getattr(args, "tta", False),
             )
             print(path)
         if args.command == "card":

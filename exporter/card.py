@@ -24,7 +24,8 @@ CYCLE = ("1F77B4", "FF7F0E", "2CA02C", "D62728", "9467BD", "8C564B", "E377C2", "
 
 
 def model_card(name: str, version: int, class_names: list[str], input_size: tuple[int, int],
-               gsd_m: float | None, framework_version: str, temperature: float | None = None) -> dict:
+               gsd_m: float | None, framework_version: str, temperature: float | None = None,
+               tta: int | None = None) -> dict:
     """A STAC Item: `gsd_m` given makes it a `tile` model read at that ground resolution, None an `image` model."""
     if gsd_m is not None and not gsd_m > 0:
         raise ExporterError(f"--gsd-m must be a positive number of metres per pixel, got {gsd_m}")
@@ -63,6 +64,8 @@ def model_card(name: str, version: int, class_names: list[str], input_size: tupl
         properties["gsd"] = float(gsd_m)
     if temperature is not None:
         properties["scenecam:temperature"] = float(temperature)
+    if tta:  # served probabilities average this many flips/rotations of each input (8x the forward work)
+        properties["scenecam:test_time_augmentation"] = {"views": int(tta), "transforms": "dihedral"}
     return {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -92,4 +95,4 @@ def card_for_version(version_dir: Path, gsd_m: float | None) -> dict:
         raise ExporterError(f"{version_dir} is not an exported version (no assets/metadata.json)")
     meta = json.loads(meta_file.read_text())
     return model_card(meta["name"], int(meta["version"]), meta["class_names"], tuple(meta["input_size"]), gsd_m,
-                      meta.get("tensorflow_version", "unknown"), meta.get("temperature"))
+                      meta.get("tensorflow_version", "unknown"), meta.get("temperature"), meta.get("tta"))

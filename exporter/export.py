@@ -22,6 +22,14 @@ from exporter.card import model_card, write_card
 from exporter.errors import ExporterError
 
 POOLING_TYPES = (keras.layers.GlobalAveragePooling2D,)
+VIEWS = 8  # test-time augmentation: the dihedral group of a square tile (4 rotations, each also mirrored)
+
+
+def dihedral_views(images: tf.Tensor) -> tf.Tensor:
+    """[N, H, W, C] square images -> [8N, H, W, C], view-major; view 0 is the identity. Overhead tiles have no 'up',
+    so all eight are the same scene (training augments with exactly these)."""
+    mirrored = tf.image.flip_left_right(images)
+    return tf.concat([tf.image.rot90(x, k) for x in (images, mirrored) for k in range(4)], axis=0)
 
 
 class GradCamHead:
@@ -30,10 +38,13 @@ class GradCamHead:
     `features` maps the input to (hi-res activations, Grad-CAM activations, the vector fed to the final Dense);
     logits are recomputed from that Dense layer's kernel so gradients are of the logit even when the model ends in
     a softmax. Probabilities are softmax(logits / temperature) (see calibration.py); logits and gradients stay raw.
+    With `tta`, served logits are the mean over the eight dihedral views (8x the forward work); the Grad-CAM
+    signatures explain the image as given, for the class the averaged logits choose.
     """
 
-    def __init__(self, model: keras.Model, temperature: float = 1.0):
+    def __init__(self, model: keras.Model, temperature: float = 1.0, tta: bool = False):
         self.temperature = float(temperature)
+        self.tta = bool(tta)
         pools = [layer for layer in model.layers if isinstance(layer, POOLING_TYPES)]
         denses = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
         if not pools or not denses or len(model.inputs) != 1:
@@ -55,6 +66,8 @@ class GradCamHead:
             raise ExporterError(f"model input shape {tuple(shape)} is not a fixed-size RGB image [N, H, W, 3]")
         self.input_size = (int(shape[1]), int(shape[2]))
         self.num_classes = int(self.dense.kernel.shape[1])
+        if self.tta and shape[1] != shape[2]:
+            raise ExporterError(f"test-time augmentation needs a square input; this model takes {tuple(shape)}")
 
     @staticmethod
     def _hires_tensor(model: keras.Model, cam):
@@ -74,9 +87,15 @@ class GradCamHead:
     def logits(self, pooled: tf.Tensor) -> tf.Tensor:
         return tf.matmul(pooled, self.dense.kernel) + self.dense.bias
 
+    def served_logits(self, images: tf.Tensor) -> tf.Tensor:
+        """Logits of float images: of the image itself, or averaged over its eight views with `tta`."""
+        if not self.tta:
+            return self.logits(self.features(images, training=False)[2])
+        views = self.logits(self.features(dihedral_views(images), training=False)[2])
+        return tf.reduce_mean(tf.reshape(views, [VIEWS, tf.shape(images)[0], self.num_classes]), axis=0)
+
     def predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        _, _, pooled = self.features(tf.cast(images, tf.float32), training=False)
-        logits = self.logits(pooled)
+        logits = self.served_logits(tf.cast(images, tf.float32))
         return {"probabilities": tf.nn.softmax(logits / self.temperature), "logits": logits}
 
     def gradcam(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -90,16 +109,19 @@ class GradCamHead:
 
     def _explain(self, images: tf.Tensor, class_index: tf.Tensor, multilayer: bool) -> dict[str, tf.Tensor]:
         """Activations and d(logit of the chosen class)/d(activations), per image, in inference mode."""
+        images = tf.cast(images, tf.float32)
+        served = self.served_logits(images) if self.tta else None
         with tf.GradientTape() as tape:
-            hires, cam, pooled = self.features(tf.cast(images, tf.float32), training=False)
+            hires, cam, pooled = self.features(images, training=False)
             tape.watch([hires, cam])
             logits = self.logits(pooled)
-            chosen = tf.where(class_index < 0, tf.argmax(logits, axis=1, output_type=tf.int32), class_index)
+            served = logits if served is None else served
+            chosen = tf.where(class_index < 0, tf.argmax(served, axis=1, output_type=tf.int32), class_index)
             tf.debugging.assert_less(chosen, self.num_classes, message="class_index out of range")
             selected = tf.reduce_sum(logits * tf.one_hot(chosen, self.num_classes), axis=1)
         sources = {"activations": cam, "activations_hires": hires} if multilayer else {"activations": cam}
         grads = tape.gradient(selected, list(sources.values()))
-        out = {**sources, "probabilities": tf.nn.softmax(logits / self.temperature), "class_index": chosen}
+        out = {**sources, "probabilities": tf.nn.softmax(served / self.temperature), "class_index": chosen}
         out.update({name.replace("activations", "gradients"): g for name, g in zip(sources, grads, strict=True)})
         return out
 
@@ -157,12 +179,13 @@ def export_model(
     evaluation_dir: Path | None = None,
     gsd_m: float | None = None,
     temperature: float = 1.0,
+    tta: bool = False,
 ) -> Path:
     """Write `models_dir/name/version/` atomically and return it. `gsd_m` makes it a tile model (see card.py);
-    `temperature` calibrates the probabilities (see calibration.py)."""
+    `temperature` calibrates the probabilities (see calibration.py); `tta` averages the eight dihedral views."""
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ExporterError(f"model name {name!r} must be letters, digits, '-' or '_'")
-    head = GradCamHead(model, temperature)
+    head = GradCamHead(model, temperature, tta)
     if len(class_names) != head.num_classes:
         raise ExporterError(f"{len(class_names)} class names given for a model with {head.num_classes} outputs")
     model_root = Path(models_dir) / name
@@ -189,11 +212,12 @@ def export_model(
             "keras_version": keras.__version__,
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "temperature": head.temperature,
+            "tta": VIEWS if tta else None,
             **(extra_metadata or {}),
         }
         (assets / "metadata.json").write_text(json.dumps(metadata, indent=1))
         write_card(tmp, model_card(name, version, class_names, head.input_size, gsd_m, tf.__version__,
-                                   metadata.get("temperature")))
+                                   metadata.get("temperature"), metadata["tta"]))
         _write_warmup(tmp / "assets.extra", head.input_size, name)
         if evaluation_dir is not None and evaluation_dir.is_dir():
             shutil.copytree(evaluation_dir, tmp / "evaluation")
@@ -226,8 +250,10 @@ def export_from_run(
     version: int | None,
     class_names_file: str | None = None,
     gsd_m: float | None = None,
+    tta: bool = False,
 ) -> Path:
-    """Export a training run (or any .keras file), with its class names, metrics and evaluation plots."""
+    """Export a training run (or any .keras file), with its class names, metrics and evaluation plots. With `tta`
+    the temperature is fitted again, on the run's validation split as the eight-view average serves it."""
     run_dir = Path(run_dir)
     if version is not None:
         _refuse_existing(Path(models_dir) / name / str(version))  # fail before the slow model load
@@ -251,5 +277,28 @@ def export_from_run(
             metrics = json.loads(metrics_file.read_text())
             extra["metrics"] = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "per_class")}
     evaluation = run_dir / "evaluation" if run else None
-    return export_model(model, class_names, models_dir, name, version, extra, evaluation, gsd_m,
-                        run.get("temperature", 1.0))
+    temperature = run.get("temperature", 1.0)
+    if tta:
+        if not run:
+            raise ExporterError("--tta fits its temperature on the run's validation split: export a run (--run-dir)")
+        temperature = tta_temperature(model, run)
+        extra["temperature_single_view"] = run.get("temperature", 1.0)
+        evaluation = None  # the run's evaluation is of single views; evaluate the version (evaluate --version N)
+    return export_model(model, class_names, models_dir, name, version, extra, evaluation, gsd_m, temperature, tta)
+
+
+def tta_temperature(model: keras.Model, run: dict) -> float:
+    """T fitted on the run's validation split to the eight-view mean logits (they are less extreme than one view's)."""
+    from exporter.calibration import fit_temperature
+    from exporter.config import TrainConfig
+    from exporter.dataset import load_dataset
+    from exporter.pipeline import decode_all
+    from exporter.train import split_dataset
+
+    cfg = TrainConfig.from_json(run["config"])
+    val = split_dataset(load_dataset(cfg.data), cfg)["val"]
+    head = GradCamHead(model, tta=True)
+    images = decode_all(val, cfg.input_size)
+    logits = np.concatenate([head.served_logits(tf.constant(images[i:i + 256], tf.float32)).numpy()
+                             for i in range(0, len(images), 256)])
+    return round(fit_temperature(logits, val.labels), 4)

@@ -123,3 +123,40 @@ def test_minus_one_explains_the_argmax(loaded, batch):
 def test_out_of_range_class_is_an_error(loaded, batch):
     with pytest.raises(tf.errors.InvalidArgumentError):
         loaded.signatures["gradcam"](images=tf.constant(batch[:1]), class_index=tf.constant([3], tf.int32))
+
+
+def test_tta_serves_the_mean_over_eight_views_and_explains_the_image_as_given(tiny_run, tmp_path, batch):
+    """`export --tta`: logits are the mean of the eight flips/rotations' logits, the temperature is fitted again to
+    them, the Grad-CAM signatures explain the unrotated image for the class the averaged logits choose."""
+    from exporter.calibration import softmax
+    from exporter.export import export_from_run
+
+    path = export_from_run(tiny_run, None, tmp_path, "tiny", None, tta=True)
+    meta = json.loads((path / "assets" / "metadata.json").read_text())
+    card = json.loads((path / "assets" / "model_card.json").read_text())
+    assert meta["tta"] == 8 and card["properties"]["scenecam:test_time_augmentation"]["views"] == 8
+    assert {"temperature", "temperature_single_view"} <= set(meta)
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    views = [np.rot90(x, k, axes=(1, 2)) for x in (batch, batch[:, :, ::-1]) for k in range(4)]
+    expected = np.mean([model(v.astype(np.float32), training=False).numpy() for v in views], axis=0)
+    loaded = tf.saved_model.load(str(path))
+    out = loaded.signatures["serving_default"](images=tf.constant(batch))
+    np.testing.assert_allclose(out["logits"].numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(out["probabilities"].numpy(), softmax(expected, meta["temperature"]), atol=1e-5)
+    g = loaded.signatures["gradcam"](images=tf.constant(batch), class_index=tf.constant([-1] * 6, tf.int32))
+    np.testing.assert_array_equal(g["class_index"].numpy(), expected.argmax(axis=1))
+    _, g_ref, _ = _tape_gradients(model, batch, g["class_index"].numpy())
+    np.testing.assert_allclose(g["gradients"].numpy(), g_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g["probabilities"].numpy(), out["probabilities"].numpy(), atol=1e-6)
+
+
+def test_tta_of_a_bare_keras_file_is_refused(tiny_run, tmp_path):
+    from exporter.errors import ExporterError
+    from exporter.export import export_from_run
+
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(sorted(TINY_CLASSES)))
+    with pytest.raises(ExporterError, match="validation split"):
+        export_from_run(tmp_path, str(tiny_run / "model.keras"), tmp_path / "models", "tiny", None,
+                        class_names_file=str(names), tta=True)
+    assert not (tmp_path / "models" / "tiny").exists() or not any((tmp_path / "models" / "tiny").iterdir())
