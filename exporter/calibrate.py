@@ -8,9 +8,7 @@ Grad-CAM gradients (of the raw class logit) are computed by exactly the same gra
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import tensorflow as tf
 from exporter.calibration import calibration_summary, fit_temperature, softmax
 from exporter.errors import ExporterError
 from exporter.evaluate import served_outputs, version_data, version_dir, write_evaluation
-from exporter.export import _next_version, _refuse_existing
+from exporter.export import _next_version, _refuse_existing, staged_version
 from exporter.pipeline import decode_all
 
 SIGNATURES = ("serving_default", "gradcam", "gradcam_multilayer")
@@ -87,7 +85,7 @@ def calibrate_version(models_dir: str | Path, name: str, version: int, new_versi
     if new_version < 1:
         raise ExporterError(f"version must be a positive integer, got {new_version}")
     final = root / str(new_version)
-    _refuse_existing(final)
+    _refuse_existing(final)  # before the slow part
     loaded = tf.saved_model.load(str(source))
     meta, parts = version_data(source)
     size = meta["input_size"][0]
@@ -96,8 +94,7 @@ def calibrate_version(models_dir: str | Path, name: str, version: int, new_versi
     temperature = fit_temperature(val_logits, val_labels)
     module = TemperatureScaled(loaded, temperature, meta.get("temperature", 1.0))
     test_images = decode_all(parts["test"], size)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{new_version}-", dir=root))
-    try:
+    with staged_version(final) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={s: getattr(module, s) for s in SIGNATURES})
         logits, probabilities = served_outputs(tf.saved_model.load(str(tmp)), test_images)
         report = write_evaluation(tmp / "evaluation", test_labels, logits, probabilities, meta["class_names"],
@@ -114,10 +111,4 @@ def calibrate_version(models_dir: str | Path, name: str, version: int, new_versi
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _copy_assets(source, tmp, meta)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, final)  # atomic; fails if another writer created `final` meanwhile
-    except OSError as exc:
-        raise ExporterError(f"could not write {final}: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

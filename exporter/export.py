@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -138,6 +140,23 @@ def _refuse_existing(version_dir: Path) -> None:
         raise ExporterError(f"{version_dir} already exists: versions are immutable, pick another --version or omit it")
 
 
+@contextmanager
+def staged_version(final: Path) -> Iterator[Path]:
+    """A hidden folder beside `final` (TF Serving ignores non-integer names) to assemble a version in, renamed into
+    place only when everything was written: a server polling the model folder never sees half a version."""
+    _refuse_existing(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, final)  # atomic; fails if another writer created `final` meanwhile
+    except OSError as exc:
+        raise ExporterError(f"could not write {final}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _write_archive(head: GradCamHead, model: keras.Model, path: Path) -> None:
     h, w = head.input_size
     images = tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")
@@ -193,10 +212,7 @@ def export_model(
     if version < 1:
         raise ExporterError(f"version must be a positive integer, got {version}")
     final = model_root / str(version)
-    _refuse_existing(final)
-    model_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_root))
-    try:
+    with staged_version(final) as tmp:
         _write_archive(head, model, tmp)
         assets = tmp / "assets"
         assets.mkdir(exist_ok=True)
@@ -221,12 +237,6 @@ def export_model(
         _write_warmup(tmp / "assets.extra", head.input_size, name)
         if evaluation_dir is not None and evaluation_dir.is_dir():
             shutil.copytree(evaluation_dir, tmp / "evaluation")
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, final)  # atomic; fails if another writer created `final` meanwhile
-    except OSError as exc:
-        raise ExporterError(f"could not write {final}: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
