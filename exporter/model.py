@@ -14,13 +14,7 @@ HIRES_LAYER = "hires_features"
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
-    """Strided convolutions pad both sides equally: Keras's "same" pads only bottom/right at stride 2, which left
-    every map of version 1 dim along the bottom and right edges whatever the content, and put the 3x3 path's centre
-    one pixel off the 1x1 shortcut's. Symmetric padding reads the same pixels around 2j on both paths."""
-    if stride > 1 and kernel > 1:
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    padding = "valid" if stride > 1 else "same"
-    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
