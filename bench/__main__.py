@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     report["raw"] = measure_raw(version_dir, batch, min(args.duration, 10), args.sequential)
     report["figures"] = figures(report["gateway"], report["naive"], report["raw"])
     report["targets"] = judge(report["figures"])
+    if (args.models_dir / args.model / "2").is_dir():  # issue 16's latency bound, against the pre-TTA version
+        from bench import versions
+
+        report["versions"] = versions.measure(args.models_dir, args.model, version_dir, 2)
+        report["targets"] |= report["versions"].pop("targets")
     if not args.no_scene:
         from bench import scene
 
