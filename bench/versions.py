@@ -23,7 +23,6 @@ def _version(version_dir: Path, calls: int, seconds: float) -> dict:
     meta = json.loads((version_dir / "assets" / "metadata.json").read_text())
     signature = Signature(version_dir)
     return {"version": int(version_dir.name), "tta_views": meta.get("tta") or 1,
-            "test_accuracy": meta.get("metrics", {}).get("accuracy"),
             "batch1": signature.latency(1, calls), "batch256": signature.throughput(256, seconds)}
 
 

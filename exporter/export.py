@@ -89,15 +89,22 @@ class GradCamHead:
     def logits(self, pooled: tf.Tensor) -> tf.Tensor:
         return tf.matmul(pooled, self.dense.kernel) + self.dense.bias
 
-    def served_logits(self, images: tf.Tensor) -> tf.Tensor:
-        """Logits of float images: of the image itself, or averaged over its eight views with `tta`."""
+    def _other_views(self, images: tf.Tensor) -> tf.Tensor | None:
+        """With `tta`, the summed logits of each float image's seven other views (None without): the image's own
+        logits come from the caller's forward pass, so no view is computed twice."""
         if not self.tta:
-            return self.logits(self.features(images, training=False)[2])
-        views = self.logits(self.features(dihedral_views(images), training=False)[2])
-        return tf.reduce_mean(tf.reshape(views, [VIEWS, tf.shape(images)[0], self.num_classes]), axis=0)
+            return None
+        n = tf.shape(images)[0]
+        others = self.logits(self.features(dihedral_views(images)[n:], training=False)[2])
+        return tf.reduce_sum(tf.reshape(others, [VIEWS - 1, n, self.num_classes]), axis=0)
+
+    @staticmethod
+    def _served(logits: tf.Tensor, others: tf.Tensor | None) -> tf.Tensor:
+        return logits if others is None else (logits + others) / VIEWS
 
     def predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self.served_logits(tf.cast(images, tf.float32))
+        images = tf.cast(images, tf.float32)
+        logits = self._served(self.logits(self.features(images, training=False)[2]), self._other_views(images))
         return {"probabilities": tf.nn.softmax(logits / self.temperature), "logits": logits}
 
     def gradcam(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -112,12 +119,12 @@ class GradCamHead:
     def _explain(self, images: tf.Tensor, class_index: tf.Tensor, multilayer: bool) -> dict[str, tf.Tensor]:
         """Activations and d(logit of the chosen class)/d(activations), per image, in inference mode."""
         images = tf.cast(images, tf.float32)
-        served = self.served_logits(images) if self.tta else None
+        others = self._other_views(images)  # outside the tape: nothing is differentiated through them
         with tf.GradientTape() as tape:
             hires, cam, pooled = self.features(images, training=False)
             tape.watch([hires, cam])
             logits = self.logits(pooled)
-            served = logits if served is None else served
+            served = self._served(logits, others)
             chosen = tf.where(class_index < 0, tf.argmax(served, axis=1, output_type=tf.int32), class_index)
             tf.debugging.assert_less(chosen, self.num_classes, message="class_index out of range")
             selected = tf.reduce_sum(logits * tf.one_hot(chosen, self.num_classes), axis=1)
@@ -267,6 +274,8 @@ def export_from_run(
     run_dir = Path(run_dir)
     if version is not None:
         _refuse_existing(Path(models_dir) / name / str(version))  # fail before the slow model load
+    if tta and (model_path is not None or not (run_dir / "run.json").is_file()):
+        raise ExporterError("--tta fits its temperature on the run's validation split: export a run (--run-dir)")
     model = load_keras_model(model_path or run_dir / "model.keras")
     run_file = run_dir / "run.json"
     run = json.loads(run_file.read_text()) if model_path is None and run_file.is_file() else {}
@@ -288,12 +297,10 @@ def export_from_run(
             extra["metrics"] = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "per_class")}
     evaluation = run_dir / "evaluation" if run else None
     temperature = run.get("temperature", 1.0)
-    if tta:
-        if not run:
-            raise ExporterError("--tta fits its temperature on the run's validation split: export a run (--run-dir)")
-        temperature = tta_temperature(model, run)
+    if tta:  # the run's metrics and evaluation are of single views: evaluate the version (evaluate --version N)
+        temperature, evaluation = tta_temperature(model, run), None
+        extra.pop("metrics", None)
         extra["temperature_single_view"] = run.get("temperature", 1.0)
-        evaluation = None  # the run's evaluation is of single views; evaluate the version (evaluate --version N)
     return export_model(model, class_names, models_dir, name, version, extra, evaluation, gsd_m, temperature, tta)
 
 
@@ -309,6 +316,6 @@ def tta_temperature(model: keras.Model, run: dict) -> float:
     val = split_dataset(load_dataset(cfg.data), cfg)["val"]
     head = GradCamHead(model, tta=True)
     images = decode_all(val, cfg.input_size)
-    logits = np.concatenate([head.served_logits(tf.constant(images[i:i + 256], tf.float32)).numpy()
+    logits = np.concatenate([head.predict(tf.constant(images[i:i + 256]))["logits"].numpy()
                              for i in range(0, len(images), 256)])
     return round(fit_temperature(logits, val.labels), 4)
