@@ -75,13 +75,14 @@ class WorkBudget:
     deadline_s: float = 10.0
     slowdown: float = 1.0
     in_flight: int = 0
-    _learnt_at: float = field(default_factory=time.monotonic)
+    _learnt_at: float = field(default_factory=lambda: time.monotonic())  # looked up per budget, not at import
 
     def estimate_s(self, cost: int) -> float:
         """How long `cost` would take now: at the idle rate, times the recent slowdown decayed towards 1, and at
         least the load average per core (known before any call has been timed, e.g. just after start-up)."""
         now = time.monotonic()
-        self.slowdown = 1 + (self.slowdown - 1) * 0.5 ** ((now - self._learnt_at) / HALF_LIFE_S)
+        elapsed = max(0.0, now - self._learnt_at)  # a clock read before this budget's own must not grow it
+        self.slowdown = 1 + (self.slowdown - 1) * 0.5 ** min(elapsed / HALF_LIFE_S, 64.0)
         self._learnt_at = now
         return cost * IDLE_SECONDS_PER_UNIT * max(self.slowdown, LOAD_SLOWDOWN * os.getloadavg()[0] / CORES)
 

@@ -73,6 +73,18 @@ def test_a_slow_spell_refuses_large_work_then_wears_off(monkeypatch, idle):
     budget.take(large)  # the estimate decayed back towards the idle rate
 
 
+def test_the_estimate_holds_on_a_host_up_for_months(monkeypatch, idle):
+    """CI failed on a host up 13 h: the budget's clock started from the real uptime while the test's clock read
+    1,000 s, and the decay over the negative interval overflowed. Neither order of clock readings may break it."""
+    clock = [1e7]  # 116 days
+    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+    budget = WorkBudget(capacity=10**9, deadline_s=10)
+    clock[0] = 1000.0
+    assert budget.estimate_s(100_000_000) == pytest.approx(100_000_000 * admission.IDLE_SECONDS_PER_UNIT)
+    clock[0] = 1e12
+    assert budget.estimate_s(100_000_000) == pytest.approx(100_000_000 * admission.IDLE_SECONDS_PER_UNIT)
+
+
 def noise_png(side: int) -> bytes:
     return cv2.imencode(".png", np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8))[1]
 
