@@ -82,7 +82,7 @@ class WorkBudget:
         least the load average per core (known before any call has been timed, e.g. just after start-up)."""
         now = time.monotonic()
         elapsed = max(0.0, now - self._learnt_at)  # a clock read before this budget's own must not grow it
-        self.slowdown = 1 + (self.slowdown - 1) * 0.5 ** min(elapsed / HALF_LIFE_S, 64.0)
+        self.slowdown = 1 + (self.slowdown - 1) * 0.5 ** (elapsed / HALF_LIFE_S)
         self._learnt_at = now
         return cost * IDLE_SECONDS_PER_UNIT * max(self.slowdown, LOAD_SLOWDOWN * os.getloadavg()[0] / CORES)
 
