@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear learning-rate warm-up before cosine decay (default %(default)s)")
     t.add_argument("--init-from", default=d.init_from,
                    help="start from this trained .keras (same architecture) instead of random weights")
+    t.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="MODEL.keras",
+                   help="distil: learn each training image's class distribution from this trained model, averaged "
+                   "over the eight flips/rotations (repeat for an ensemble; no label smoothing then)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last epoch checkpoint, with the run's own settings")
 
@@ -110,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command in ("train", "all"):
+            from dataclasses import replace
+
             from exporter.config import resume_config
 
             fields = TrainConfig.__dataclass_fields__
             cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+            cfg = replace(cfg, teachers=tuple(cfg.teachers))
             cfg = resume_config(args.run_dir, cfg, DEFAULTS) if args.resume else cfg  # refuse before loading TF
 
             from exporter.train import train

@@ -30,11 +30,13 @@ class TrainConfig:
     test_fraction: float = 0.1
     seed: int = 1337
     init_from: str | None = None  # continue from a trained .keras (same architecture), e.g. a low-LR extension
+    teachers: tuple[str, ...] = ()  # .keras models whose 8-view class distribution is the target (distill.py)
 
     @classmethod
     def from_json(cls, config: dict, **overrides) -> TrainConfig:
         """A run's config as `run.json` / the version metadata store it (JSON has lists, not tuples)."""
-        return cls(**{**config, "widths": tuple(config["widths"]), **overrides})
+        return cls(**{**config, "widths": tuple(config["widths"]), "teachers": tuple(config.get("teachers", ())),
+                      **overrides})
 
     @property
     def schedule_warmup_epochs(self) -> int:

@@ -36,23 +36,24 @@ def augment(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def training_batches(
-    images: np.ndarray, labels: np.ndarray, depth: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+    images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int
 ) -> tf.data.Dataset:
-    """Shuffled, augmented batches of epochs `first_epoch..epochs-1`, back to back, for one `fit(steps_per_epoch=)`.
+    """Shuffled, augmented batches of epochs `first_epoch..epochs-1`, back to back, for one `fit(steps_per_epoch=)`;
+    `targets` are each image's class distribution, one-hot or a teacher's.
 
     Epoch e's order and every augmentation draw are stateless functions of (seed, e) alone, so a run resumed at
     epoch e sees exactly the batches an uncut run would have seen; nothing about the data needs checkpointing.
     """
     size = images.shape[1]
-    n = len(labels)
-    images, onehot = tf.constant(images), tf.one_hot(labels, depth)
+    n = len(targets)
+    images, targets = tf.constant(images), tf.constant(targets, tf.float32)
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
         key = tf.stack([tf.constant(seed, tf.int64), e])
         order = tf.argsort(tf.random.stateless_uniform([n], key))
         draws = tf.random.experimental.stateless_split(key, n)
         ds = tf.data.Dataset.from_tensor_slices((order, draws))
-        ds = ds.map(lambda i, s: (augment(tf.gather(images, i), s, size), tf.gather(onehot, i)),
+        ds = ds.map(lambda i, s: (augment(tf.gather(images, i), s, size), tf.gather(targets, i)),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
         return ds.batch(batch_size)
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from exporter.calibration import fit_temperature
 from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
 from exporter.dataset import Dataset, load_dataset, stratified_split
+from exporter.distill import TARGETS_FILE, cached_targets, load_teachers
 from exporter.errors import ExporterError
 from exporter.model import build_resnet
 from exporter.pipeline import decode_all, eval_batches, training_batches
@@ -158,6 +159,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     run_dir = Path(cfg.run_dir)
     state = require_state(run_dir) if resume else read_state(run_dir)
     _check_resumable(cfg, state, resume)
+    cached = (run_dir / TARGETS_FILE).is_file()  # a resumed distillation needs no teacher any more
+    teachers = load_teachers(cfg.teachers, cfg.input_size) if cfg.teachers and not cached else []
     data = load_dataset(cfg.data)
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable file(s), e.g. {data.skipped[0]}", file=sys.stderr)
@@ -172,19 +175,30 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     if cfg.schedule_warmup_epochs != cfg.warmup_epochs:
         print(f"warning: {cfg.warmup_epochs} warm-up epochs in a {cfg.epochs}-epoch run would leave the learning rate "
               f"below its peak for most of it; warming up for {cfg.schedule_warmup_epochs} instead", file=sys.stderr)
-    keras.utils.set_random_seed(cfg.seed)
-    depth, n_train = len(data.class_names), len(splits["train"])
-    steps = -(-n_train // cfg.batch_size)
     first = state["epochs_done"] if resume else 0
     if first >= cfg.epochs and (run_dir / "model.keras").is_file():
         print(f"{run_dir} already finished its {cfg.epochs} epochs", file=sys.stderr)
         return run_dir
+    train_images = decode_all(splits["train"], cfg.input_size)
+    depth = len(data.class_names)
+    if cfg.teachers:  # before seeding: running the teachers must not shift the student's random draws
+        targets = cached_targets(run_dir, teachers, train_images, depth)
+        agree = float((targets.argmax(1) == splits["train"].labels).mean())
+        print(f"distilling from {len(cfg.teachers)} teacher(s); they agree with {agree:.2%} of the training labels",
+              file=sys.stderr)
+    else:
+        targets = np.eye(depth, dtype=np.float32)[splits["train"].labels]
+    keras.utils.set_random_seed(cfg.seed)
+    n_train = len(splits["train"])
+    steps = -(-n_train // cfg.batch_size)
     model = build_resnet(depth, cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
     if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     model.compile(
         optimizer=_optimizer(cfg, steps),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        # a teacher's distribution is already soft: smoothing it further would only blur what it knows
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=0.0 if cfg.teachers else cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False,  # XLA measured slower on CPU for this network
     )
@@ -193,8 +207,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
         model.load_weights(run_dir / state["checkpoint"])  # ... then its weights and optimizer state
         _restore_rng_state(model, state["rng"])
         print(f"resuming {run_dir} after epoch {first}/{cfg.epochs} ({state['checkpoint']})", file=sys.stderr)
-    train_ds = training_batches(decode_all(splits["train"], cfg.input_size), splits["train"].labels, depth,
-                                cfg.batch_size, cfg.seed, first, cfg.epochs)
+    train_ds = training_batches(train_images, targets, cfg.batch_size, cfg.seed, first, cfg.epochs)
     val_images = decode_all(splits["val"], cfg.input_size)
     val_ds = eval_batches(val_images, splits["val"].labels, depth, cfg.batch_size)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,64 @@
+"""Distillation targets: a student learns the class distribution that teachers (for example a wider model and an
+ensemble of earlier runs) assign to each training image averaged over its eight dihedral views, instead of a
+one-hot label. Those views are exactly the flips and turns training augments with, so one target per image holds
+for every augmented draw, and the teachers run once per image, not once per step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from exporter.errors import ExporterError
+from exporter.export import VIEWS, dihedral_views, load_keras_model
+
+TARGETS_FILE = "teacher_targets.npy"  # cached in the run directory, so a resumed run learns from the same targets
+
+
+def view_mean_logits(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """[N, C] mean logits of the eight dihedral views of each uint8 image, inference mode."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = tf.cast(tf.constant(images[i:i + batch_size]), tf.float32)
+        logits = model(dihedral_views(batch), training=False)
+        out.append(tf.reduce_mean(tf.reshape(logits, [VIEWS, len(batch), -1]), axis=0).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def load_teachers(paths: tuple[str, ...], input_size: int) -> list[keras.Model]:
+    """Each teacher, refused unless it is a .keras model taking this run's square RGB input."""
+    models = [load_keras_model(p) for p in paths]
+    for path, model in zip(paths, models, strict=True):
+        shape = tuple(model.inputs[0].shape[1:])
+        if shape != (input_size, input_size, 3):
+            raise ExporterError(f"teacher {path} takes images of shape {shape}; this run trains on "
+                                f"({input_size}, {input_size}, 3): pass a teacher of the same --input-size")
+    return models
+
+
+def cached_targets(run_dir: Path, teachers: list[keras.Model], images: np.ndarray, num_classes: int) -> np.ndarray:
+    """The run's [N, C] targets: softmax of the teachers' view-mean logits averaged over teachers (as an ensemble
+    serves them). Read back when an earlier (cut) attempt of the run wrote them, else computed and written
+    atomically."""
+    path = run_dir / TARGETS_FILE
+    if path.is_file() and not teachers:
+        targets = np.load(path)
+        if targets.shape != (len(images), num_classes):
+            raise ExporterError(f"{path} holds targets for {targets.shape} images x classes, not "
+                                f"{(len(images), num_classes)}: delete it to compute them again")
+        return targets
+    for model in teachers:
+        if model.outputs[0].shape[-1] != num_classes:
+            raise ExporterError(f"teacher '{model.name}' gives {model.outputs[0].shape[-1]} classes; the dataset "
+                                f"has {num_classes}")
+    logits = np.mean([view_mean_logits(model, images) for model in teachers], axis=0)
+    targets = tf.nn.softmax(logits).numpy().astype(np.float32)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as f:
+        np.save(f, targets)
+    os.replace(tmp, path)
+    return targets

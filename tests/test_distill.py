@@ -1,0 +1,81 @@
+"""Distillation: `train --teacher` learns each training image's eight-view class distribution from trained models
+instead of its one-hot label; the targets are what the teachers say, are kept for a resumed run, and a teacher
+that does not fit the run is refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from exporter.config import TrainConfig
+from exporter.dataset import load_dataset
+from exporter.distill import TARGETS_FILE
+from exporter.pipeline import decode_all
+from exporter.train import split_dataset, train
+from tests.test_exporter_cli import assert_one_line_error, run_cli
+
+
+def student_config(data: Path, run_dir: Path, teacher: Path, epochs: int = 2) -> TrainConfig:
+    return TrainConfig(data=str(data), run_dir=str(run_dir), epochs=epochs, batch_size=16, input_size=32,
+                       widths=(8, 16), blocks_per_stage=1, warmup_epochs=0, learning_rate=5e-3,
+                       val_fraction=0.15, test_fraction=0.15, teachers=(str(teacher),))
+
+
+def eight_views(image: np.ndarray) -> list[np.ndarray]:
+    """Written with NumPy, independently of the exporter's TensorFlow version."""
+    return [np.rot90(x, k) for x in (image, image[:, ::-1]) for k in range(4)]
+
+
+@pytest.fixture(scope="module")
+def student(tiny_dataset, tiny_run, tmp_path_factory) -> Path:
+    return train(student_config(tiny_dataset, tmp_path_factory.mktemp("student"), tiny_run / "model.keras"))
+
+
+def test_targets_are_the_teachers_eight_view_distribution(student, tiny_run, tiny_dataset):
+    cfg = student_config(tiny_dataset, student, tiny_run / "model.keras")
+    images = decode_all(split_dataset(load_dataset(cfg.data), cfg)["train"], cfg.input_size)
+    teacher = keras.saving.load_model(tiny_run / "model.keras", compile=False)
+    picked = [0, len(images) // 2, len(images) - 1]
+    views = np.stack([v for i in picked for v in eight_views(images[i])]).astype(np.float32)
+    logits = teacher.predict(views, verbose=0).reshape(len(picked), 8, -1).mean(axis=1)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    targets = np.load(student / TARGETS_FILE)
+    assert targets.shape == (len(images), 3)
+    np.testing.assert_allclose(targets[picked], expected, atol=1e-5)
+    run = json.loads((student / "run.json").read_text())
+    assert run["config"]["teachers"] == [str(tiny_run / "model.keras")]
+    assert (student / "model.keras").is_file()
+
+
+def test_a_resumed_run_learns_from_the_targets_it_started_with(student, tiny_run, tiny_dataset, tmp_path):
+    """The teachers run once per run: a cut run resumes from its cached targets even when a teacher is gone."""
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes((tiny_run / "model.keras").read_bytes())
+    run_dir = tmp_path / "cut"
+    cfg = student_config(tiny_dataset, run_dir, teacher, epochs=2)
+    train(cfg)
+    before = np.load(run_dir / TARGETS_FILE)
+    state = json.loads((run_dir / "checkpoint.json").read_text())
+    state["epochs_done"], state["epochs"] = 1, 3  # as if cut after epoch 1 of 3 ...
+    state["config"]["epochs"] = 3
+    (run_dir / "checkpoint.json").write_text(json.dumps(state))
+    (run_dir / "model.keras").unlink()
+    teacher.unlink()  # ... and the teacher has been deleted since
+    resumed = train(student_config(tiny_dataset, run_dir, teacher, epochs=3), resume=True)
+    np.testing.assert_array_equal(np.load(resumed / TARGETS_FILE), before)
+    assert json.loads((resumed / "history.json").read_text())["progress"] == "epoch 3/3 (resumed)"
+
+
+def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_run, tiny_dataset, tmp_path):
+    common = ("train", "--data", str(tiny_dataset), "--epochs", "1", "--widths", "8,16", "--blocks-per-stage", "1",
+              "--warmup-epochs", "0")
+    out = run_cli(*common, "--run-dir", str(tmp_path / "a"), "--teacher", str(tmp_path / "missing.keras"))
+    assert_one_line_error(out, "model file not found", "missing.keras")
+    out = run_cli(*common, "--run-dir", str(tmp_path / "b"), "--input-size", "48",
+                  "--teacher", str(tiny_run / "model.keras"))
+    assert_one_line_error(out, "teacher", "(32, 32, 3)", "(48, 48, 3)")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
