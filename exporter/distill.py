@@ -20,11 +20,16 @@ TARGETS_FILE = "teacher_targets.npy"  # cached in the run directory, so a resume
 
 def view_mean_logits(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """[N, C] mean logits of the eight dihedral views of each uint8 image, inference mode."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        batch = tf.cast(tf.constant(images[i:i + batch_size]), tf.float32)
-        logits = model(dihedral_views(batch), training=False)
-        out.append(tf.reduce_mean(tf.reshape(logits, [VIEWS, len(batch), -1]), axis=0).numpy())
+    from tqdm import tqdm
+
+    @tf.function(reduce_retracing=True)  # one graph for every batch, not op-by-op eager calls
+    def mean_over_views(batch: tf.Tensor) -> tf.Tensor:
+        logits = model(dihedral_views(tf.cast(batch, tf.float32)), training=False)
+        return tf.reduce_mean(tf.reshape(logits, [VIEWS, tf.shape(batch)[0], -1]), axis=0)
+
+    starts = range(0, len(images), batch_size)
+    out = [mean_over_views(tf.constant(images[i:i + batch_size])).numpy()
+           for i in tqdm(starts, desc="teacher, 8 views", unit="batch", disable=len(images) < 1024)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
