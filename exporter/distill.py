@@ -44,17 +44,25 @@ def load_teachers(paths: tuple[str, ...], input_size: int) -> list[keras.Model]:
     return models
 
 
-def cached_targets(run_dir: Path, teachers: list[keras.Model], images: np.ndarray, num_classes: int) -> np.ndarray:
-    """The run's [N, C] targets: softmax of the teachers' view-mean logits averaged over teachers (as an ensemble
-    serves them). Read back when an earlier (cut) attempt of the run wrote them, else computed and written
-    atomically."""
+def reuses_targets(run_dir: Path, resume: bool) -> bool:
+    """The one decision: only a resumed run reads targets back (its teachers are the run's own, checked by
+    --resume); a fresh run computes them again, so a finished run's folder never lends it another run's targets."""
+    return resume and (run_dir / TARGETS_FILE).is_file()
+
+
+def read_targets(run_dir: Path, num_images: int, num_classes: int) -> np.ndarray:
+    """The [N, C] targets an earlier (cut) attempt of this run wrote."""
     path = run_dir / TARGETS_FILE
-    if path.is_file() and not teachers:
-        targets = np.load(path)
-        if targets.shape != (len(images), num_classes):
-            raise ExporterError(f"{path} holds targets for {targets.shape} images x classes, not "
-                                f"{(len(images), num_classes)}: delete it to compute them again")
-        return targets
+    targets = np.load(path)
+    if targets.shape != (num_images, num_classes):
+        raise ExporterError(f"{path} holds targets for {targets.shape} images x classes, not "
+                            f"{(num_images, num_classes)}: delete it to compute them again")
+    return targets
+
+
+def write_targets(run_dir: Path, teachers: list[keras.Model], images: np.ndarray, num_classes: int) -> np.ndarray:
+    """Softmax of the teachers' view-mean logits averaged over teachers (as an ensemble serves them), written
+    atomically to the run directory for a resumed run."""
     for model in teachers:
         if model.outputs[0].shape[-1] != num_classes:
             raise ExporterError(f"teacher '{model.name}' gives {model.outputs[0].shape[-1]} classes; the dataset "
@@ -62,6 +70,7 @@ def cached_targets(run_dir: Path, teachers: list[keras.Model], images: np.ndarra
     logits = np.mean([view_mean_logits(model, images) for model in teachers], axis=0)
     targets = tf.nn.softmax(logits).numpy().astype(np.float32)
     run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / TARGETS_FILE
     tmp = path.with_name(f".tmp-{path.name}")
     with open(tmp, "wb") as f:
         np.save(f, targets)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from exporter.calibration import fit_temperature
 from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
 from exporter.dataset import Dataset, load_dataset, stratified_split
-from exporter.distill import TARGETS_FILE, cached_targets, load_teachers
+from exporter.distill import load_teachers, read_targets, reuses_targets, write_targets
 from exporter.errors import ExporterError
 from exporter.model import build_resnet
 from exporter.pipeline import decode_all, eval_batches, training_batches
@@ -159,8 +159,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     run_dir = Path(cfg.run_dir)
     state = require_state(run_dir) if resume else read_state(run_dir)
     _check_resumable(cfg, state, resume)
-    cached = (run_dir / TARGETS_FILE).is_file()  # a resumed distillation needs no teacher any more
-    teachers = load_teachers(cfg.teachers, cfg.input_size) if cfg.teachers and not cached else []
+    reuse = reuses_targets(run_dir, resume)  # a resumed distillation needs no teacher any more
+    teachers = load_teachers(cfg.teachers, cfg.input_size) if cfg.teachers and not reuse else []
     data = load_dataset(cfg.data)
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable file(s), e.g. {data.skipped[0]}", file=sys.stderr)
@@ -182,7 +182,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     train_images = decode_all(splits["train"], cfg.input_size)
     depth = len(data.class_names)
     if cfg.teachers:  # before seeding: running the teachers must not shift the student's random draws
-        targets = cached_targets(run_dir, teachers, train_images, depth)
+        targets = (read_targets(run_dir, len(train_images), depth) if reuse
+                   else write_targets(run_dir, teachers, train_images, depth))
         agree = float((targets.argmax(1) == splits["train"].labels).mean())
         print(f"distilling from {len(cfg.teachers)} teacher(s); they agree with {agree:.2%} of the training labels",
               file=sys.stderr)

@@ -5,6 +5,7 @@ that does not fit the run is refused in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ import pytest
 from exporter.config import TrainConfig
 from exporter.dataset import load_dataset
 from exporter.distill import TARGETS_FILE
+from exporter.model import build_resnet
 from exporter.pipeline import decode_all
 from exporter.train import split_dataset, train
 from tests.test_exporter_cli import assert_one_line_error, run_cli
@@ -35,20 +37,42 @@ def student(tiny_dataset, tiny_run, tmp_path_factory) -> Path:
     return train(student_config(tiny_dataset, tmp_path_factory.mktemp("student"), tiny_run / "model.keras"))
 
 
+def train_images(cfg: TrainConfig) -> np.ndarray:
+    return decode_all(split_dataset(load_dataset(cfg.data), cfg)["train"], cfg.input_size)
+
+
+def eight_view_distribution(teacher: Path, images: np.ndarray) -> np.ndarray:
+    model = keras.saving.load_model(teacher, compile=False)
+    views = np.stack([v for image in images for v in eight_views(image)]).astype(np.float32)
+    logits = model.predict(views, verbose=0).reshape(len(images), 8, -1).mean(axis=1)
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
 def test_targets_are_the_teachers_eight_view_distribution(student, tiny_run, tiny_dataset):
     cfg = student_config(tiny_dataset, student, tiny_run / "model.keras")
-    images = decode_all(split_dataset(load_dataset(cfg.data), cfg)["train"], cfg.input_size)
-    teacher = keras.saving.load_model(tiny_run / "model.keras", compile=False)
+    images = train_images(cfg)
     picked = [0, len(images) // 2, len(images) - 1]
-    views = np.stack([v for i in picked for v in eight_views(images[i])]).astype(np.float32)
-    logits = teacher.predict(views, verbose=0).reshape(len(picked), 8, -1).mean(axis=1)
-    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     targets = np.load(student / TARGETS_FILE)
     assert targets.shape == (len(images), 3)
-    np.testing.assert_allclose(targets[picked], expected, atol=1e-5)
+    np.testing.assert_allclose(targets[picked], eight_view_distribution(tiny_run / "model.keras", images[picked]),
+                               atol=1e-5)
     run = json.loads((student / "run.json").read_text())
     assert run["config"]["teachers"] == [str(tiny_run / "model.keras")]
     assert (student / "model.keras").is_file()
+
+
+def test_a_fresh_run_in_a_finished_runs_folder_asks_its_own_teachers(student, tiny_dataset, tmp_path):
+    """Only --resume reads targets back: a new run over an old distillation learns from its own teachers."""
+    run_dir = tmp_path / "again"
+    shutil.copytree(student, run_dir)
+    other = tmp_path / "other-teacher.keras"
+    keras.utils.set_random_seed(5)
+    build_resnet(3, 32, (8, 16), 1).save(other)
+    train(student_config(tiny_dataset, run_dir, other, epochs=1))
+    images = train_images(student_config(tiny_dataset, run_dir, other))
+    targets = np.load(run_dir / TARGETS_FILE)
+    assert not np.allclose(targets, np.load(student / TARGETS_FILE), atol=1e-3)
+    np.testing.assert_allclose(targets[:4], eight_view_distribution(other, images[:4]), atol=1e-5)
 
 
 def test_a_resumed_run_learns_from_the_targets_it_started_with(student, tiny_run, tiny_dataset, tmp_path):
