@@ -98,6 +98,22 @@ def test_down_at_start_then_recovers_without_restart(models_repo, image):
             assert r.status_code == 200 and r.json()["version"] == 1
 
 
+@pytest.mark.parametrize(("fail_code", "status", "code"), [
+    ("UNAVAILABLE", 503, "backend_unavailable"),
+    ("CANCELLED", 503, "backend_unavailable"),  # what an in-flight call can get when TF Serving shuts down
+    ("UNKNOWN", 502, "backend_error"),  # the server failed the call itself: retrying will not help
+    ("RESOURCE_EXHAUSTED", 503, "overloaded"),
+])
+def test_backend_statuses_map_to_http(models_repo, image, fail_code, status, code):
+    import grpc
+
+    with start_standin(models_repo) as standin, tfserving_gateway(models_repo, standin.address) as gw:
+        standin.fail_code, standin.fail_versions = grpc.StatusCode[fail_code], {1}
+        r = httpx.post(f"{gw.url}/predict", files={"image": ("x.png", encode(image))})
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert (r.headers.get("Retry-After") is not None) == (status == 503)
+
+
 def test_slow_backend_is_504(models_repo, image):
     with start_standin(models_repo) as standin, tfserving_gateway(models_repo, standin.address,
                                                                   request_timeout_s=0.5) as gw:

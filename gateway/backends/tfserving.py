@@ -41,6 +41,9 @@ OUTPUTS = {
 _STATE_NAMES = model_management_pb2.ModelVersionStatus.State.Name
 _ERRORS: dict[grpc.StatusCode, type[GatewayError]] = {
     grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
+    # our own cancellations raise asyncio.CancelledError, so a CANCELLED status is the server's: TF Serving shutting
+    # down cancels its in-flight calls (seen as CANCELLED or UNAVAILABLE, depending on which frame arrives first)
+    grpc.StatusCode.CANCELLED: BackendUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidParameter,
@@ -104,6 +107,8 @@ class TFServingBackend(Backend):
                 kind = NotFound  # a label moved or removed mid-rollout: the caller may route again
             if kind is BackendUnavailable:
                 raise kind(f"TensorFlow Serving at {self.address} is unavailable: {detail}", retry_after=1) from exc
+            if kind is Overloaded:  # a 503 always says when to come back
+                raise kind(f"TensorFlow Serving is overloaded: {detail}", retry_after=1) from exc
             if kind is DeadlineExceeded:
                 raise kind(f"TensorFlow Serving did not answer within {timeout:g} s") from exc
             raise kind(f"TensorFlow Serving: {detail}") from exc
