@@ -62,7 +62,9 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
     plt.close(fig)
 
 
-def plot_history(history: dict, path: Path) -> None:
+def plot_history(history: dict, path: Path, distilled: bool = False) -> None:
+    """Loss and accuracy per epoch. A distilled run's train side is measured against its teachers' soft targets (the
+    loss includes their entropy; the accuracy is agreement with their top class), so the legend says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +72,10 @@ def plot_history(history: dict, path: Path) -> None:
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = range(1, len(history.get("loss", [])) + 1)
+    train_labels = {"loss": "train loss vs teachers", "accuracy": "train agreement with teachers"} if distilled \
+        else {"loss": "train loss", "accuracy": "train accuracy"}
     for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
-        ax.plot(epochs, history.get(key, []), label=f"train {key}")
+        ax.plot(epochs, history.get(key, []), label=train_labels[key])
         ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
         ax.set_xlabel("epoch")
         ax.legend()
@@ -132,7 +136,7 @@ def evaluate(run_dir: str | Path, data: str | None = None) -> dict:
     print(f"wrote {out}")
     history_file = run_dir / "history.json"
     if history_file.is_file():
-        plot_history(json.loads(history_file.read_text()), out / "training_curves.png")
+        plot_history(json.loads(history_file.read_text()), out / "training_curves.png", distilled=bool(cfg.teachers))
     return metrics
 
 
