@@ -15,7 +15,8 @@ class GatewayError(Exception):
     def __init__(self, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.message = message
-        self.retry_after = retry_after
+        # a 503 always says when to come back, whoever raises it
+        self.retry_after = 1 if retry_after is None and self.http_status == 503 else retry_after
 
 
 def _kind(name: str, http: int, rpc: grpc.StatusCode, code: str) -> type[GatewayError]:

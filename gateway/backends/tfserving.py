@@ -106,9 +106,7 @@ class TFServingBackend(Backend):
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "version label" in detail:
                 kind = NotFound  # a label moved or removed mid-rollout: the caller may route again
             if kind is BackendUnavailable:
-                raise kind(f"TensorFlow Serving at {self.address} is unavailable: {detail}", retry_after=1) from exc
-            if kind is Overloaded:  # a 503 always says when to come back
-                raise kind(f"TensorFlow Serving is overloaded: {detail}", retry_after=1) from exc
+                raise kind(f"TensorFlow Serving at {self.address} is unavailable: {detail}") from exc
             if kind is DeadlineExceeded:
                 raise kind(f"TensorFlow Serving did not answer within {timeout:g} s") from exc
             raise kind(f"TensorFlow Serving: {detail}") from exc
