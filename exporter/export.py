@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from exporter.card import model_card, write_card
 from exporter.errors import ExporterError
+from exporter.model import multiply_adds
 
 POOLING_TYPES = (keras.layers.GlobalAveragePooling2D,)
 VIEWS = 8  # test-time augmentation: the dihedral group of a square tile (4 rotations, each also mirrored)
@@ -236,6 +237,7 @@ def export_model(
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "temperature": head.temperature,
             "tta": VIEWS if tta else None,
+            "multiply_adds": multiply_adds(model) * (VIEWS if tta else 1),  # per input, as served
             **(extra_metadata or {}),
         }
         (assets / "metadata.json").write_text(json.dumps(metadata, indent=1))

@@ -6,6 +6,8 @@ higher-resolution layer that multi-layer CAM methods fuse (`HIRES_LAYER`).
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -59,3 +61,15 @@ def build_resnet(
     x = layers.Dropout(dropout, name="dropout")(x)
     logits = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, logits, name="resnet")
+
+
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one forward pass of one input: every layer with a kernel (convolutions, dense) applies it once
+    per output position. The gateway weighs a version's tiles by it (admission), so it must count what runs."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += multiply_adds(layer)
+        elif getattr(layer, "kernel", None) is not None:
+            total += math.prod(layer.kernel.shape) * math.prod(layer.output.shape[1:-1])
+    return total

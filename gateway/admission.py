@@ -30,6 +30,8 @@ IDLE_SECONDS_PER_UNIT = 7e-9  # one JPEG pixel decoded, on one idle core
 # was measured at n = 32 with other jobs holding the cores, 2.6x their batch-1 figure: about 1.3 ms idle.
 IDLE_CALL_S, IDLE_TILE_S = 2.4e-3, 1.33e-3
 TILE_COST = round(IDLE_TILE_S / IDLE_SECONDS_PER_UNIT)  # 190,000: a tile costs the model what 190,000 pixels cost
+# ... of the model they were measured on (widths 32/64/128): a version's tiles weigh its multiply-adds against these.
+REFERENCE_MULTIPLY_ADDS = 106_792_192
 LEARN_FROM = 1_000_000  # requests below this cost are never refused on the estimate (their time is overheads)
 LEARNING_RATE = 0.2
 HALF_LIFE_S = 30.0
@@ -49,9 +51,16 @@ def method_weight(method: str | None) -> float:
     return MULTI_LAYER_WEIGHT if method in cam.MULTI_LAYER else SINGLE_LAYER_WEIGHT
 
 
-def request_cost(headers: Iterable[ImageHeader], method: str | None = None, tiles: int | None = None) -> int:
+def tile_weight(multiply_adds: int | None) -> float:
+    """A version's work per tile relative to the model the constants were measured on: a wider network or an 8-view
+    export costs that many times more a tile (its exported multiply-adds); 1 for a version exported without them."""
+    return multiply_adds / REFERENCE_MULTIPLY_ADDS if multiply_adds else 1.0
+
+
+def request_cost(headers: Iterable[ImageHeader], method: str | None = None, tiles: float | None = None) -> int:
     """Pixel-equivalents of one request: decoding each image (`decoding.probe`'s header), plus the model's work on
-    `tiles` tiles (default: one per image, each squashed to the model's input) weighted by `method`."""
+    `tiles` tiles (default: one per image, each squashed to the model's input; times `tile_weight` for the version
+    that runs them) weighted by `method`."""
     headers = list(headers)
     tiles = len(headers) if tiles is None else tiles
     decoding = sum(h.pixels * DECODE_WEIGHT.get(h.format, max(DECODE_WEIGHT.values())) for h in headers)
@@ -108,8 +117,8 @@ class WorkBudget:
         else:
             self.slowdown += LEARNING_RATE * (max(1.0, slowdown) - self.slowdown)
 
-    def observe_backend(self, tiles: int, elapsed_s: float) -> None:
-        """A backend call of `tiles` tiles took `elapsed_s`."""
+    def observe_backend(self, tiles: float, elapsed_s: float) -> None:
+        """A backend call of `tiles` tiles (times their `tile_weight`) took `elapsed_s`."""
         self._learn(elapsed_s / (IDLE_CALL_S + tiles * IDLE_TILE_S))
 
     def give_back(self, cost: int, elapsed_s: float | None = None) -> None:

@@ -258,7 +258,8 @@ class GatewayCore:
             raise PayloadTooLarge(f"the scene needs {most} tiles at {meta.gsd_m:g} m; the limit per request is "
                                   f"{self.settings.max_scene_tiles}: use `python -m gateway scene IN.tif OUT.tif` "
                                   "for large rasters")
-        cost = admission.request_cost(headers, method, sum(t for t, _ in reductions))
+        weight = admission.tile_weight(meta.multiply_adds if meta else None)
+        cost = admission.request_cost(headers, method, weight * sum(t for t, _ in reductions))
         return cost, [(header, scale) for header, (_, scale) in zip(headers, reductions, strict=True)]
 
     def _planning_meta(self, pin: Pin) -> VersionMeta | None:
@@ -295,13 +296,15 @@ class GatewayCore:
 
     async def _batched(self, target: Target, signature: str, images: np.ndarray, extra: np.ndarray, call, split):
         """One request's share of a micro-batched backend call, timed per signature."""
+        weight = admission.tile_weight(self.backend.meta(target.model, target.version).multiply_adds)
+
         async def run(x: np.ndarray, e: np.ndarray):
             started = time.perf_counter()
             try:
                 return await call(x, e)
             finally:
                 self.metrics.backend_latency.labels(signature).observe(time.perf_counter() - started)
-                self.budget.observe_backend(len(x), time.perf_counter() - started)
+                self.budget.observe_backend(weight * len(x), time.perf_counter() - started)
 
         return await self.batcher.submit((target, signature), images, extra, run, split)
 

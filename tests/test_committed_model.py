@@ -90,3 +90,28 @@ def test_committed_calibrated_version_is_version_1_with_trustworthy_confidence()
     for name in ("serving_default", "gradcam", "gradcam_multilayer"):
         assert new.signatures[name].structured_outputs.keys() == old.signatures[name].structured_outputs.keys()
         assert new.signatures[name].structured_input_signature == old.signatures[name].structured_input_signature
+
+
+def test_the_largest_scene_the_limits_allow_fits_the_default_budget_on_every_committed_version():
+    """Admission weighs each version's tiles by its exported multiply-adds (version 4: 2.24x), so the default work
+    budget must still admit one request at the default tile limit (2048 x 2048 px at 10 m, 1,024 tiles) with the
+    costliest CAM method and the slowest-decoding format, or that documented limit would be a 413."""
+    from exporter.model import build_resnet, multiply_adds
+    from gateway import admission
+    from gateway.app import build
+    from gateway.backends.base import ModelConfig
+    from gateway.core import Pin
+    from gateway.settings import Settings
+
+    settings = Settings(models_dir=ROOT / "models", grpc_port=0)
+    core, _ = build(settings)
+    core.router.set_configs([ModelConfig("eurosat", (1, 2, 3, 4), {"stable": 4})])
+    scene = cv2.imencode(".gif" if cv2.haveImageWriter(".gif") else ".png", np.zeros((2048, 2048, 3), np.uint8))[1]
+    for version in (1, 2, 3, 4):
+        meta = core.backend.meta("eurosat", version)
+        config = json.loads((VERSION.parent / str(version) / "assets" / "metadata.json").read_text())["training"]
+        widths = tuple(config["config"]["widths"])
+        assert meta.multiply_adds == multiply_adds(build_resnet(10, 64, widths)) > 0  # what export would write
+        cost, _ = core.plan([scene.tobytes()], Pin(version=version), None, "layercam-fused")
+        assert cost <= settings.max_inflight_pixels, (version, cost)
+    assert admission.tile_weight(core.backend.meta("eurosat", 4).multiply_adds) > 2  # the wider network

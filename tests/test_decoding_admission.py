@@ -130,3 +130,30 @@ def test_slow_backend_calls_refuse_large_work(idle):
     with pytest.raises(Overloaded):
         budget.take(large)
     budget.take(20_000_000)  # what still fits in the deadline is served
+
+
+def test_a_version_twice_as_costly_per_tile_is_admitted_as_twice_the_work(models_repo, tmp_path):
+    """A wider network (or an 8-view export) exports its multiply-adds; the budget weighs its tiles by them, so a
+    version served after a cheaper one is not admitted at the cheaper one's cost."""
+    import json
+    import shutil
+
+    from gateway.app import build
+    from gateway.backends.base import ModelConfig
+    from gateway.core import Pin
+
+    repo = tmp_path / "repo"
+    shutil.copytree(models_repo, repo)
+    shutil.copytree(repo / "tiny" / "1", repo / "tiny" / "2")
+    meta_file = repo / "tiny" / "2" / "assets" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["multiply_adds"] *= 2
+    meta_file.write_text(json.dumps(meta))
+    core, _ = build(gateway_settings(repo))
+    core.router.set_configs([ModelConfig("tiny", (1, 2), {"stable": 1})])  # what the lifespan's sync would load
+    image = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+    one, two = (core.plan([image], Pin(version=v), None)[0] for v in (1, 2))
+    decoding = request_cost([ImageHeader("jpeg", 64, 64)], tiles=0)
+    tile = admission.TILE_COST * meta["multiply_adds"] / 2 / admission.REFERENCE_MULTIPLY_ADDS
+    assert one - decoding == pytest.approx(tile, abs=1) and two - decoding == pytest.approx(2 * tile, abs=1)
+    assert admission.tile_weight(None) == 1.0  # a version exported before multiply-adds: the reference's cost

@@ -130,6 +130,7 @@ def test_tta_serves_the_mean_over_eight_views_and_explains_the_image_as_given(ti
     them, the Grad-CAM signatures explain the unrotated image for the class the averaged logits choose."""
     from exporter.calibration import softmax
     from exporter.export import export_from_run
+    from exporter.model import multiply_adds
 
     path = export_from_run(tiny_run, None, tmp_path, "tiny", None, tta=True)
     meta = json.loads((path / "assets" / "metadata.json").read_text())
@@ -137,6 +138,7 @@ def test_tta_serves_the_mean_over_eight_views_and_explains_the_image_as_given(ti
     assert meta["tta"] == 8 and card["properties"]["scenecam:test_time_augmentation"]["views"] == 8
     assert {"temperature", "temperature_single_view"} <= set(meta)
     model = keras.saving.load_model(tiny_run / "model.keras")
+    assert meta["multiply_adds"] == 8 * multiply_adds(model) > 0  # admission weighs its tiles 8x
     views = [np.rot90(x, k, axes=(1, 2)) for x in (batch, batch[:, :, ::-1]) for k in range(4)]
     expected = np.mean([model(v.astype(np.float32), training=False).numpy() for v in views], axis=0)
     loaded = tf.saved_model.load(str(path))
@@ -160,3 +162,13 @@ def test_tta_of_a_bare_keras_file_is_refused(tiny_run, tmp_path):
         export_from_run(tmp_path, str(tiny_run / "model.keras"), tmp_path / "models", "tiny", None,
                         class_names_file=str(names), tta=True)
     assert not (tmp_path / "models" / "tiny").exists() or not any((tmp_path / "models" / "tiny").iterdir())
+
+
+def test_multiply_adds_count_every_kernel_at_every_output_position():
+    """What admission weighs a version's tiles by: here 3x3x3x4 per position at 4x4 (stride 2), then 4x2 dense."""
+    from exporter.model import multiply_adds
+
+    inner = keras.Sequential([keras.Input((4, 4, 4)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    x = keras.Input((8, 8, 3))
+    y = inner(keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, strides=2, padding="same")(x)))
+    assert multiply_adds(keras.Model(x, y)) == 4 * 4 * 3 * 3 * 3 * 4 + 4 * 2

@@ -30,6 +30,7 @@ class VersionMeta:
     input_size: tuple[int, int]
     metrics: dict = field(default_factory=dict, compare=False, hash=False)
     card: dict = field(default_factory=dict, compare=False, hash=False)  # STAC MLM model card (assets/model_card.json)
+    multiply_adds: int | None = None  # per input, as exported (metadata.json); weighs its tiles in admission
 
     @classmethod
     def read(cls, version_dir: Path) -> VersionMeta:
@@ -37,7 +38,7 @@ class VersionMeta:
         card_file = version_dir / "assets" / "model_card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
         return cls(int(version_dir.name), tuple(meta["class_names"]), tuple(meta["input_size"]),
-                   meta.get("metrics", {}), card)
+                   meta.get("metrics", {}), card, meta.get("multiply_adds"))
 
     @property
     def gsd_m(self) -> float | None:
