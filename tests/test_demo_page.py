@@ -117,7 +117,8 @@ def test_page_and_assets(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_gateway(tmp_path_factory):
-    """The gateway as `make serve` runs it: the committed eurosat version 1 (a 64 px, 10 m tile model), stable."""
+    """The gateway as `make serve` runs it, on the committed eurosat version 1 (a 64 px, 10 m tile model; smaller and
+    faster to load than the stable version, and the page does not depend on which version it shows)."""
     from gateway.app import create_app
     from gateway.backends.base import ModelConfig
     from gateway.model_config import ConfigStore
