@@ -52,9 +52,9 @@ class Settings(BaseSettings):
         "tile (x the version's multiply-adds against the default-width network's, x the CAM method's weight). Past "
         "it, 503 with Retry-After at once (also when, at the speed the backend serves now, a large request would not "
         "finish within the deadline); a request costing more than all of it, 413. The default admits one scene at "
-        "the default tile limit on version 4 with any CAM method and format (679 M at most). Images are decoded one "
-        "at a time per request, so the decoded images in flight stay under 3 bytes x this as RGB (2.1 GB at the "
-        "default; far less in practice: only the decode threads decode at once)")
+        "the default tile limit on versions 4 and 5 with any CAM method and format (679 M at most). Images are "
+        "decoded one at a time per request, so the decoded images in flight stay under 3 bytes x this as RGB (2.1 GB "
+        "at the default; far less in practice: only the decode threads decode at once)")
     shadow_queue_size: int = Field(64, gt=0, description="bounded queue of mirrored (shadow) requests")
     rollout_poll_s: float = Field(1.0, gt=0, description="how often replicas re-read the shared rollout state")
     rollout_load_timeout_s: float = Field(300, gt=0, description="how long a new version may take to load")
