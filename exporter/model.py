@@ -11,6 +11,8 @@ import math
 import keras
 from keras import layers
 
+from exporter.config import TrainConfig
+
 GRADCAM_LAYER = "gradcam_features"
 HIRES_LAYER = "hires_features"
 
@@ -73,3 +75,21 @@ def multiply_adds(model: keras.Model) -> int:
         elif getattr(layer, "kernel", None) is not None:
             total += math.prod(layer.kernel.shape) * math.prod(layer.output.shape[1:-1])
     return total
+
+
+def build_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """AdamW, linear warm-up then cosine decay to 1% of the peak, no weight decay on BN and biases: the one recipe
+    that both trainers (TensorFlow on CPU, `accelerated` on a JAX GPU) use."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total - 1, cfg.schedule_warmup_epochs * steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate * 0.01 if warmup else cfg.learning_rate,
+        decay_steps=total - warmup,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+        alpha=0.01,
+    )
+    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    # matched against a variable's own name ("gamma", not its path "stem_bn/gamma")
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt

@@ -20,25 +20,10 @@ from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
 from exporter.dataset import Dataset, load_dataset, stratified_split
 from exporter.distill import load_teachers, read_targets, reuses_targets, write_targets
 from exporter.errors import ExporterError
-from exporter.model import build_resnet
+from exporter.model import build_optimizer, build_resnet
 from exporter.pipeline import decode_all, eval_batches, training_batches
 
 CHECKPOINTS = "checkpoints"
-
-
-def _optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(total - 1, cfg.schedule_warmup_epochs * steps_per_epoch)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.learning_rate * 0.01 if warmup else cfg.learning_rate,
-        decay_steps=total - warmup,
-        warmup_target=cfg.learning_rate if warmup else None,
-        warmup_steps=warmup,
-        alpha=0.01,
-    )
-    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    opt.exclude_from_weight_decay(var_names=["_bn", "bias"])
-    return opt
 
 
 def split_dataset(data: Dataset, cfg: TrainConfig) -> dict[str, Dataset]:
@@ -196,7 +181,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     model.compile(
-        optimizer=_optimizer(cfg, steps),
+        optimizer=build_optimizer(cfg, steps),
         # a teacher's distribution is already soft: smoothing it further would only blur what it knows
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=0.0 if cfg.teachers else cfg.label_smoothing),

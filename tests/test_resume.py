@@ -14,7 +14,8 @@ import pytest
 
 from exporter.config import TrainConfig
 from exporter.errors import ExporterError
-from exporter.train import _optimizer, train
+from exporter.model import build_optimizer
+from exporter.train import train
 from tests.test_exporter_cli import assert_one_line_error, run_cli
 
 
@@ -100,6 +101,19 @@ def test_warmup_longer_than_the_run_is_shortened():
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int = 10) -> float:
-    optimizer = _optimizer(cfg, steps_per_epoch)
+    optimizer = build_optimizer(cfg, steps_per_epoch)
     optimizer.iterations.assign(step)
     return float(optimizer.learning_rate)
+
+
+def test_weight_decay_spares_batch_norm_and_biases_only():
+    """AdamW's decay pulls BN scales and shifts toward zero if they are not excluded; Keras matches the exclusion
+    against a variable's own name, so a path fragment like "_bn" silently excluded nothing (versions 1-5)."""
+    from exporter.model import build_resnet
+
+    model = build_resnet(3, 32, (8, 16), blocks_per_stage=1)
+    optimizer = build_optimizer(TrainConfig(data="x", run_dir="y"), 10)
+    optimizer.build(model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert decayed and all(p.endswith("/kernel") for p in decayed)
+    assert {v.path for v in model.trainable_variables if v.path.endswith("/kernel")} == decayed

@@ -1,0 +1,288 @@
+"""Training on a GPU machine that has JAX but no TensorFlow, through Keras's JAX backend.
+
+The same network (`model.build_resnet`), optimizer and schedule (`model.build_optimizer`), split and loss as
+`exporter train`; the pipeline's augmentations (`pipeline.augment`) are re-expressed as batched JAX ops so that a
+whole step, augmentation and teachers included, is one compiled program on the accelerator. A run that takes ten
+hours on two CPU cores takes minutes. Distillation here is function matching: the teachers label the very view the
+student sees (the CPU trainer's `distill.py` precomputes one target per image instead).
+
+Flow: `pack` (here: the training split's encoded images, one file), `train` (there, `KERAS_BACKEND=jax`, any
+number side by side; the epoch count is what fits a wall-clock budget, fixed before the first step so the cosine
+schedule completes), `finish` (here: the temperature on the validation split and `run.json`, after which `evaluate`
+and `export` take the run directory like any other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from exporter.config import TrainConfig
+from exporter.errors import ExporterError
+
+PACK_KEYS = ("class_names", "labels", "train_index", "offsets", "blob")
+
+
+def pack(cfg: TrainConfig, out: Path) -> dict:
+    """The training split's encoded bytes (no decoding: JPEG is the smallest form) with every label, so the
+    accelerator can check it recomputes the same split from the same seed."""
+    from exporter.dataset import load_dataset, stratified_split
+
+    data = load_dataset(cfg.data)
+    train_index = stratified_split(data.labels, (cfg.val_fraction, cfg.test_fraction), cfg.seed)["train"]
+    chunks = [np.frombuffer(data.images[i], np.uint8) for i in train_index]
+    offsets = np.cumsum([0] + [len(c) for c in chunks])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, class_names=np.array(data.class_names), labels=data.labels, train_index=train_index,
+             offsets=offsets, blob=np.concatenate(chunks))
+    return {"images": len(train_index), "bytes": int(offsets[-1])}
+
+
+def unpack(path: Path, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 RGB [N, size, size, 3] and labels of the packed training split."""
+    import cv2
+
+    from exporter.dataset import stratified_split
+
+    with np.load(path) as f:
+        packed = {k: f[k] for k in PACK_KEYS}
+    expected = stratified_split(packed["labels"], (cfg.val_fraction, cfg.test_fraction), cfg.seed)["train"]
+    if not np.array_equal(expected, packed["train_index"]):
+        raise ExporterError(f"{path} was packed with another split (seed or fractions): pack it again")
+    blob, offsets = packed["blob"], packed["offsets"]
+    images = np.stack([
+        cv2.resize(cv2.cvtColor(cv2.imdecode(blob[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),
+                   (cfg.input_size, cfg.input_size), interpolation=cv2.INTER_AREA)
+        for a, b in itertools.pairwise(offsets)
+    ])
+    return images, packed["labels"][packed["train_index"]], [str(c) for c in packed["class_names"]]
+
+
+def augment(images, key, size: int):
+    """`pipeline.augment` on a batch: flips, 90-degree turns, 4-pixel zero pad and random crop, brightness,
+    contrast and saturation jitter; uint8 in, float32 0..255 out. Saturation is scaled exactly as in HSV (at fixed
+    hue and value every channel moves linearly towards the maximum)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = images.shape[0]
+    k = jax.random.split(key, 7)
+    x = images.astype(jnp.float32)
+    x = jnp.where(jax.random.bernoulli(k[0], 0.5, (n, 1, 1, 1)), x[:, :, ::-1], x)
+    x = jnp.where(jax.random.bernoulli(k[1], 0.5, (n, 1, 1, 1)), x[:, ::-1], x)
+    turns = jnp.stack([jnp.rot90(x, t, axes=(1, 2)) for t in range(4)])
+    x = turns[jax.random.randint(k[2], (n,), 0, 4), jnp.arange(n)]
+    pad = size // 8
+    x = jnp.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)))
+    corners = jax.random.randint(k[3], (n, 2), 0, pad + 1)
+    x = jax.vmap(lambda im, c: jax.lax.dynamic_slice(im, (c[0], c[1], 0), (size, size, 3)))(x, corners)
+    x = x + jax.random.uniform(k[4], (n, 1, 1, 1), minval=-0.1 * 255, maxval=0.1 * 255)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    x = (x - mean) * jax.random.uniform(k[5], (n, 1, 1, 1), minval=0.85, maxval=1.15) + mean
+    value, low = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
+    factor = jax.random.uniform(k[6], (n, 1, 1, 1), minval=0.85, maxval=1.15)
+    factor = jnp.minimum(factor, value / jnp.maximum(value - low, 1e-6))  # saturation clipped at 1, as HSV does
+    x = value - factor * (value - x)
+    return jnp.clip(x, 0, 255)
+
+
+def _wait_for_peers(barrier: Path | None, peers: int, name: str) -> None:
+    """Side-by-side runs time their steps only once all have compiled, so each sees the others' load."""
+    if barrier is None:
+        return
+    barrier.mkdir(parents=True, exist_ok=True)
+    (barrier / name).touch()
+    while len(list(barrier.iterdir())) < peers:
+        time.sleep(0.2)
+
+
+def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init_seed: int,
+          barrier: Path | None = None, peers: int = 1) -> Path:
+    """Train within `budget_s` seconds of wall clock (compilation included) and write `run_dir/{model.keras,
+    history.json}`; teachers (`cfg.teachers`, .keras) make it a function-matching distillation."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from exporter.model import build_optimizer, build_resnet
+
+    started = time.monotonic()
+    images, labels, class_names = unpack(packed, cfg)
+    depth, size, batch = len(class_names), cfg.input_size, cfg.batch_size
+    keras.utils.set_random_seed(init_seed)
+    model = build_resnet(depth, size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
+    if cfg.init_from:
+        model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
+    teachers = [keras.saving.load_model(p, compile=False) for p in cfg.teachers]
+    teacher_vars = [([v.value for v in t.trainable_variables], [v.value for v in t.non_trainable_variables])
+                    for t in teachers]
+    loss_fn = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.0 if teachers else cfg.label_smoothing)
+    steps = len(labels) // batch  # whole batches only: one compiled shape
+    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
+
+    def make_step(optimizer):
+        def loss_and_updates(trainable, non_trainable, x, y):
+            logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+            return loss_fn(y, logits), (non_trainable, logits)
+
+        grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
+
+        @jax.jit
+        def step(state, teacher_vars, index, key):
+            trainable, non_trainable, opt_vars = state
+            x = augment(device_images[index], key, size)
+            if teachers:
+                logits = [t.stateless_call(tv, ntv, x, training=False)[0]
+                          for t, (tv, ntv) in zip(teachers, teacher_vars, strict=True)]
+                y = jax.nn.softmax(jnp.mean(jnp.stack(logits), axis=0))
+            else:
+                y = jax.nn.one_hot(device_labels[index], depth)
+            (loss, (non_trainable, logits)), grads = grad_fn(trainable, non_trainable, x, y)
+            trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+            agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
+            return (trainable, non_trainable, opt_vars), loss, agree
+
+        return step
+
+    def fresh_state(optimizer):
+        optimizer.build(model.trainable_variables)
+        return ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+                [v.value for v in optimizer.variables])
+
+    # time the compiled step under the peers' load, then fix the epoch count (and with it the schedule)
+    probe = build_optimizer(replace(cfg, epochs=1), steps)
+    probe_step, state = make_step(probe), fresh_state(probe)
+    rng = np.random.default_rng(init_seed)
+    index = jnp.asarray(rng.permutation(len(labels))[:batch])
+    state, loss, _ = probe_step(state, teacher_vars, index, jax.random.key(0))
+    loss.block_until_ready()
+    _wait_for_peers(barrier, peers, Path(cfg.run_dir).name)
+    t0 = time.monotonic()
+    for i in range(20):
+        state, loss, _ = probe_step(state, teacher_vars, index, jax.random.key(i))
+    loss.block_until_ready()
+    step_s = (time.monotonic() - t0) / 20
+    left = budget_s - (time.monotonic() - started) - 20  # saving and slack
+    epochs = int(max(1, min(max_epochs, left / (1.15 * step_s * steps))))
+    cfg = replace(cfg, epochs=epochs)
+    print(f"{cfg.run_dir}: step {step_s * 1000:.1f} ms, {epochs} epochs of {steps} steps", file=sys.stderr, flush=True)
+
+    optimizer = build_optimizer(cfg, steps)
+    step, state = make_step(optimizer), fresh_state(optimizer)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    key = jax.random.key(init_seed)
+    train_started = time.monotonic()
+    for _ in range(epochs):
+        if time.monotonic() - started > budget_s:  # slower than timed (a peer's load grew): keep what there is
+            print(f"{cfg.run_dir}: budget spent after {len(history['loss'])} of {epochs} epochs", file=sys.stderr)
+            break
+        order = jnp.asarray(rng.permutation(len(labels))[: steps * batch].reshape(steps, batch))
+        losses, agrees = [], []
+        for s in range(steps):
+            key, sub = jax.random.split(key)
+            state, loss, agree = step(state, teacher_vars, order[s], sub)
+            losses.append(loss)
+            agrees.append(agree)
+        history["loss"].append(float(jnp.mean(jnp.stack(losses))))
+        history["accuracy"].append(float(jnp.mean(jnp.stack(agrees))))
+    seconds = time.monotonic() - train_started
+    for variable, value in zip(model.trainable_variables + model.non_trainable_variables, state[0] + state[1],
+                               strict=True):
+        variable.assign(value)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    done = len(history["loss"])
+    record = {"progress": f"epoch {done}/{epochs}", "epochs_done": done, "epochs": epochs,
+              "train_seconds": round(seconds, 1), "step_ms": round(step_s * 1000, 2), "init_seed": init_seed,
+              "device": str(jax.devices()[0].device_kind), "config": asdict(cfg), "class_names": class_names,
+              "keras_version": keras.__version__, "jax_version": jax.__version__, **history}
+    (run_dir / "history.json").write_text(json.dumps(record, indent=1))
+    print(f"{cfg.run_dir}: {done} epochs in {seconds:.0f} s, last loss {history['loss'][-1]:.4f} "
+          f"agreement {history['accuracy'][-1]:.4f}", file=sys.stderr, flush=True)
+    return run_dir
+
+
+def finish(run_dir: Path, data: str) -> Path:
+    """Here, with TensorFlow: fit the temperature on the validation split and write `run.json`, as `train` does."""
+    from exporter.calibration import fit_temperature
+    from exporter.dataset import load_dataset
+    from exporter.export import load_keras_model
+    from exporter.pipeline import decode_all
+    from exporter.train import split_dataset
+
+    record = json.loads((run_dir / "history.json").read_text())
+    cfg = TrainConfig.from_json(record["config"], data=data, run_dir=str(run_dir))
+    dataset = load_dataset(data)
+    if dataset.class_names != record["class_names"]:
+        raise ExporterError(f"dataset classes {dataset.class_names} differ from the run's {record['class_names']}")
+    splits = split_dataset(dataset, cfg)
+    model = load_keras_model(run_dir / "model.keras")
+    logits = model.predict(decode_all(splits["val"], cfg.input_size).astype(np.float32), batch_size=256, verbose=0)
+    run = {
+        "temperature": round(fit_temperature(logits, splits["val"].labels), 4),
+        "config": asdict(cfg),
+        "class_names": dataset.class_names,
+        "skipped_files": dataset.skipped,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "train_seconds": record["train_seconds"],
+        "trained_on": f"{record['device']} (Keras {record['keras_version']}, JAX {record['jax_version']})",
+        "val_accuracy": round(float((logits.argmax(1) == splits["val"].labels).mean()), 4),
+    }
+    (run_dir / "run.json").write_text(json.dumps(run, indent=1))
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exporter.accelerated", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="write the training split's encoded images to one .npz")
+    p.add_argument("--data", default="../shared/data/eurosat_rgb_trainval.tar.gz")
+    p.add_argument("--out", required=True)
+    t = sub.add_parser("train", help="train on the accelerator (KERAS_BACKEND=jax)")
+    t.add_argument("--packed", required=True)
+    t.add_argument("--run-dir", required=True)
+    t.add_argument("--budget-s", type=float, required=True, help="wall clock for everything, compilation included")
+    t.add_argument("--max-epochs", type=int, default=400)
+    t.add_argument("--widths", default="48,96,192")
+    t.add_argument("--init-seed", type=int, default=1,
+                   help="initialisation, order and augmentation; the split stays the project's (seed 1337)")
+    t.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    t.add_argument("--teacher", dest="teachers", action="append", default=[])
+    t.add_argument("--init-from", default=None)
+    t.add_argument("--barrier", default=None, help="folder where side-by-side runs wait for each other")
+    t.add_argument("--peers", type=int, default=1)
+    f = sub.add_parser("finish", help="fit the temperature on the validation split and write run.json")
+    f.add_argument("--run-dir", required=True)
+    f.add_argument("--data", default="../shared/data/eurosat_rgb_trainval.tar.gz")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "pack":
+            print(pack(TrainConfig(data=args.data, run_dir=""), Path(args.out)))
+        elif args.command == "train":
+            if os.environ.get("KERAS_BACKEND") != "jax":
+                raise ExporterError("set KERAS_BACKEND=jax: this trainer runs Keras on JAX")
+            cfg = TrainConfig(data=args.packed, run_dir=args.run_dir, widths=tuple(map(int, args.widths.split(","))),
+                              learning_rate=args.learning_rate, teachers=tuple(args.teachers),
+                              init_from=args.init_from)
+            train(cfg, Path(args.packed), args.budget_s, args.max_epochs, args.init_seed,
+                  Path(args.barrier) if args.barrier else None, args.peers)
+        else:
+            print(finish(Path(args.run_dir), args.data))
+    except ExporterError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
