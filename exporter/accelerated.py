@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     import jax.numpy as jnp
     import keras
 
-    from exporter.model import build_optimizer, build_resnet
+    from exporter.model import build_optimizer, build_resnet, learning_rate_schedule
 
     started = time.monotonic()
     images, labels, class_names = unpack(packed, cfg)
@@ -129,71 +129,71 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     steps = len(labels) // batch  # whole batches only: one compiled shape
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
 
-    def make_step(optimizer):
-        def loss_and_updates(trainable, non_trainable, x, y):
-            logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
-            return loss_fn(y, logits), (non_trainable, logits)
+    optimizer = build_optimizer(cfg, steps, learning_rate=0.0)  # a variable, set from `schedule` every step
+    optimizer.build(model.trainable_variables)
+    lr_slot = next(i for i, v in enumerate(optimizer.variables) if v is optimizer._learning_rate)
 
-        grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
+    def loss_and_updates(trainable, non_trainable, x, y):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, logits), (non_trainable, logits)
 
-        @jax.jit
-        def step(state, teacher_vars, index, key):
-            trainable, non_trainable, opt_vars = state
-            x = augment(device_images[index], key, size)
-            if teachers:
-                logits = [t.stateless_call(tv, ntv, x, training=False)[0]
-                          for t, (tv, ntv) in zip(teachers, teacher_vars, strict=True)]
-                y = jax.nn.softmax(jnp.mean(jnp.stack(logits), axis=0))
-            else:
-                y = jax.nn.one_hot(device_labels[index], depth)
-            (loss, (non_trainable, logits)), grads = grad_fn(trainable, non_trainable, x, y)
-            trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-            agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
-            return (trainable, non_trainable, opt_vars), loss, agree
+    grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
-        return step
+    @jax.jit
+    def step(state, teacher_vars, index, key, learning_rate):
+        trainable, non_trainable, opt_vars = state
+        x = augment(device_images[index], key, size)
+        if teachers:
+            logits = [t.stateless_call(tv, ntv, x, training=False)[0]
+                      for t, (tv, ntv) in zip(teachers, teacher_vars, strict=True)]
+            y = jax.nn.softmax(jnp.mean(jnp.stack(logits), axis=0))
+        else:
+            y = jax.nn.one_hot(device_labels[index], depth)
+        (loss, (non_trainable, logits)), grads = grad_fn(trainable, non_trainable, x, y)
+        opt_vars = [learning_rate if i == lr_slot else v for i, v in enumerate(opt_vars)]
+        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+        agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
+        return (trainable, non_trainable, opt_vars), loss, agree
 
-    def fresh_state(optimizer):
-        optimizer.build(model.trainable_variables)
-        return ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
-                [v.value for v in optimizer.variables])
+    def rates(epochs: int) -> np.ndarray:
+        schedule = learning_rate_schedule(replace(cfg, epochs=epochs), steps)
+        return np.asarray(jax.vmap(schedule)(jnp.arange(epochs * steps)), np.float32)
 
-    # time the compiled step under the peers' load, then fix the epoch count (and with it the schedule)
-    probe = build_optimizer(replace(cfg, epochs=1), steps)
-    probe_step, state = make_step(probe), fresh_state(probe)
+    state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+             [v.value for v in optimizer.variables])
     rng = np.random.default_rng(init_seed)
-    index = jnp.asarray(rng.permutation(len(labels))[:batch])
-    state, loss, _ = probe_step(state, teacher_vars, index, jax.random.key(0))
-    loss.block_until_ready()
-    _wait_for_peers(barrier, peers, Path(cfg.run_dir).name)
-    t0 = time.monotonic()
-    for i in range(20):
-        state, loss, _ = probe_step(state, teacher_vars, index, jax.random.key(i))
-    loss.block_until_ready()
-    step_s = (time.monotonic() - t0) / 20
-    left = budget_s - (time.monotonic() - started) - 20  # saving and slack
-    epochs = int(max(1, min(max_epochs, left / (1.15 * step_s * steps))))
-    cfg = replace(cfg, epochs=epochs)
-    print(f"{cfg.run_dir}: step {step_s * 1000:.1f} ms, {epochs} epochs of {steps} steps", file=sys.stderr, flush=True)
-
-    optimizer = build_optimizer(cfg, steps)
-    step, state = make_step(optimizer), fresh_state(optimizer)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     key = jax.random.key(init_seed)
+    # epoch 1 runs on the warm-up every run of 8+ epochs shares; timed under the peers' load (after the first step,
+    # which compiles), it fixes the epoch count, so the cosine decay ends with the budget
+    epochs, lr = max_epochs, rates(max_epochs)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     train_started = time.monotonic()
-    for _ in range(epochs):
+    epoch = 0
+    while epoch < epochs:
         if time.monotonic() - started > budget_s:  # slower than timed (a peer's load grew): keep what there is
-            print(f"{cfg.run_dir}: budget spent after {len(history['loss'])} of {epochs} epochs", file=sys.stderr)
+            print(f"{cfg.run_dir}: budget spent after {epoch} of {epochs} epochs", file=sys.stderr)
             break
         order = jnp.asarray(rng.permutation(len(labels))[: steps * batch].reshape(steps, batch))
         losses, agrees = [], []
         for s in range(steps):
             key, sub = jax.random.split(key)
-            state, loss, agree = step(state, teacher_vars, order[s], sub)
+            state, loss, agree = step(state, teacher_vars, order[s], sub, lr[epoch * steps + s])
             losses.append(loss)
             agrees.append(agree)
+            if epoch == 0 and s == 0:
+                loss.block_until_ready()
+                _wait_for_peers(barrier, peers, Path(cfg.run_dir).name)
+                timed = time.monotonic()
         history["loss"].append(float(jnp.mean(jnp.stack(losses))))
         history["accuracy"].append(float(jnp.mean(jnp.stack(agrees))))
+        epoch += 1
+        if epoch == 1:
+            epoch_s = (time.monotonic() - timed) * steps / max(1, steps - 1)
+            left = budget_s - (time.monotonic() - started) - 20  # saving and slack
+            epochs = int(max(1, min(max_epochs, 1 + left / (1.1 * epoch_s))))
+            lr = rates(epochs)
+            print(f"{cfg.run_dir}: {epoch_s:.2f} s per epoch of {steps} steps: {epochs} epochs", file=sys.stderr,
+                  flush=True)
     seconds = time.monotonic() - train_started
     for variable, value in zip(model.trainable_variables + model.non_trainable_variables, state[0] + state[1],
                                strict=True):
@@ -202,8 +202,9 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model.keras")
     done = len(history["loss"])
+    cfg = replace(cfg, epochs=epochs)
     record = {"progress": f"epoch {done}/{epochs}", "epochs_done": done, "epochs": epochs,
-              "train_seconds": round(seconds, 1), "step_ms": round(step_s * 1000, 2), "init_seed": init_seed,
+              "train_seconds": round(seconds, 1), "epoch_s": round(epoch_s, 2), "init_seed": init_seed,
               "device": str(jax.devices()[0].device_kind), "config": asdict(cfg), "class_names": class_names,
               "keras_version": keras.__version__, "jax_version": jax.__version__, **history}
     (run_dir / "history.json").write_text(json.dumps(record, indent=1))

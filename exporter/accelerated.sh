@@ -3,8 +3,11 @@
 # scratch, then students initialised from them and distilled from all of them (function matching), each run sized
 # to its wall-clock budget. Models come back as $OUT/<run>.keras, the records as $OUT/records.tgz.
 # Usage: OUT=folder PACKED=.gpu/train.npz WHEELS=.gpu/whl bash exporter/accelerated.sh
+# Students of given teachers only: TEACHERS=0 TEACHER_MODELS="a.keras b.keras" STUDENT_INIT=a.keras
+# STUDENT_LRS=1e-3,3e-4 (one learning rate per student).
 set -uo pipefail
 TEACHERS=${TEACHERS:-4} STUDENTS=${STUDENTS:-3}
+TEACHER_MODELS=${TEACHER_MODELS:-} STUDENT_INIT=${STUDENT_INIT:-} STUDENT_LRS=${STUDENT_LRS:-}
 TEACHER_S=${TEACHER_S:-230} STUDENT_S=${STUDENT_S:-270} WIDTHS=${WIDTHS:-48,96,192}
 RUNS=${RUNS:-/tmp/runs}
 mkdir -p "$RUNS" "$OUT"
@@ -20,24 +23,26 @@ save() {  # whatever finished so far, so a cut call still returns it
   tar czf "$OUT/records.tgz" --exclude="*.keras" --exclude="barrier-*" -C "$RUNS" .
 }
 
+student_args() {  # i: a student's own initialisation and learning rate
+  echo "--init-from ${STUDENT_INIT:-$RUNS/teacher$1/model.keras}"
+  echo "--learning-rate $(echo "${STUDENT_LRS:-1e-3}" | tr , '\n' | sed -n "${1}p;\$p" | head -1)"
+}
+
 phase() {  # name budget peers extra-args...: run $peers trainings side by side and wait for all
   local name=$1 budget=$2 peers=$3; shift 3
   for i in $(seq 1 "$peers"); do
     python3 -m exporter.accelerated train --packed "$PACKED" --run-dir "$RUNS/$name$i" --budget-s "$budget" \
       --widths "$WIDTHS" --init-seed "$i" --barrier "$RUNS/barrier-$name" --peers "$peers" "$@" \
-      $( [ "$name" = student ] && echo "--init-from $RUNS/teacher$i/model.keras" ) \
-      > "$RUNS/$name$i.log" 2>&1 &
+      $( [ "$name" = student ] && student_args "$i" ) > "$RUNS/$name$i.log" 2>&1 &
   done
   wait
   grep -h "epochs" "$RUNS"/"$name"*.log
   save
 }
 
-phase teacher "$TEACHER_S" "$TEACHERS" --max-epochs "${TEACHER_EPOCHS:-200}"
+[ "$TEACHERS" -gt 0 ] && phase teacher "$TEACHER_S" "$TEACHERS" --max-epochs "${TEACHER_EPOCHS:-200}"
 TEACHER_ARGS=()
-for i in $(seq 1 "$TEACHERS"); do
-  [ -f "$RUNS/teacher$i/model.keras" ] && TEACHER_ARGS+=(--teacher "$RUNS/teacher$i/model.keras")
-done
+for t in $TEACHER_MODELS "$RUNS"/teacher*/model.keras; do [ -f "$t" ] && TEACHER_ARGS+=(--teacher "$t"); done
 [ "${#TEACHER_ARGS[@]}" -gt 0 ] || { echo "no teacher finished"; exit 1; }
 phase student "$STUDENT_S" "$STUDENTS" --max-epochs "${STUDENT_EPOCHS:-120}" \
-  --learning-rate "${STUDENT_LR:-1e-3}" "${TEACHER_ARGS[@]}"
+  "${TEACHER_ARGS[@]}"

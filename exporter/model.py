@@ -77,18 +77,25 @@ def multiply_adds(model: keras.Model) -> int:
     return total
 
 
-def build_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW, linear warm-up then cosine decay to 1% of the peak, no weight decay on BN and biases: the one recipe
-    that both trainers (TensorFlow on CPU, `accelerated` on a JAX GPU) use."""
+def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.schedules.CosineDecay:
+    """Linear warm-up from 1% to the peak, then cosine decay to 1% of it, over `cfg.epochs`."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, cfg.schedule_warmup_epochs * steps_per_epoch)
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=cfg.learning_rate * 0.01 if warmup else cfg.learning_rate,
         decay_steps=total - warmup,
         warmup_target=cfg.learning_rate if warmup else None,
         warmup_steps=warmup,
         alpha=0.01,
     )
+
+
+def build_optimizer(cfg: TrainConfig, steps_per_epoch: int, learning_rate: float | None = None
+                    ) -> keras.optimizers.Optimizer:
+    """AdamW on `learning_rate_schedule`, with no weight decay on BN and biases: the one recipe of both trainers. A
+    fixed `learning_rate` makes it a variable the caller sets every step (the accelerated trainer, whose schedule
+    length is known only after its first epoch)."""
+    schedule = learning_rate_schedule(cfg, steps_per_epoch) if learning_rate is None else learning_rate
     opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     # matched against a variable's own name ("gamma", not its path "stem_bn/gamma")
     opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
