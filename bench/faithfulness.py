@@ -35,8 +35,7 @@ def test_split(version_dir: Path, data: str | None):
     """The exact test split the model was evaluated on (same data, seed and fractions as its training run), decoded
     the way training decodes, with its labels."""
     from exporter.config import TrainConfig
-    from exporter.dataset import load_dataset
-    from exporter.pipeline import decode_all
+    from exporter.dataset import decode_all, load_dataset
     from exporter.train import split_dataset
 
     meta = json.loads((version_dir / "assets" / "metadata.json").read_text())

@@ -47,10 +47,9 @@ def pack(cfg: TrainConfig, out: Path) -> dict:
 
 
 def unpack(path: Path, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """uint8 RGB [N, size, size, 3] and labels of the packed training split."""
-    import cv2
-
-    from exporter.dataset import stratified_split
+    """uint8 RGB [N, size, size, 3] (decoded as everywhere else: `dataset.decode_images`) and labels of the packed
+    training split."""
+    from exporter.dataset import decode_images, stratified_split
 
     with np.load(path) as f:
         packed = {k: f[k] for k in PACK_KEYS}
@@ -58,11 +57,7 @@ def unpack(path: Path, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[s
     if not np.array_equal(expected, packed["train_index"]):
         raise ExporterError(f"{path} was packed with another split (seed or fractions): pack it again")
     blob, offsets = packed["blob"], packed["offsets"]
-    images = np.stack([
-        cv2.resize(cv2.cvtColor(cv2.imdecode(blob[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),
-                   (cfg.input_size, cfg.input_size), interpolation=cv2.INTER_AREA)
-        for a, b in itertools.pairwise(offsets)
-    ])
+    images = decode_images([blob[a:b].tobytes() for a, b in itertools.pairwise(offsets)], cfg.input_size)
     return images, packed["labels"][packed["train_index"]], [str(c) for c in packed["class_names"]]
 
 
@@ -116,7 +111,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
 
     started = time.monotonic()
     images, labels, class_names = unpack(packed, cfg)
-    depth, size, batch = len(class_names), cfg.input_size, cfg.batch_size
+    depth, size, batch = len(class_names), cfg.input_size, min(cfg.batch_size, len(labels))
     keras.utils.set_random_seed(init_seed)
     model = build_resnet(depth, size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
     if cfg.init_from:
@@ -216,9 +211,8 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
 def finish(run_dir: Path, data: str) -> Path:
     """Here, with TensorFlow: fit the temperature on the validation split and write `run.json`, as `train` does."""
     from exporter.calibration import fit_temperature
-    from exporter.dataset import load_dataset
+    from exporter.dataset import decode_all, load_dataset
     from exporter.export import load_keras_model
-    from exporter.pipeline import decode_all
     from exporter.train import split_dataset
 
     record = json.loads((run_dir / "history.json").read_text())
@@ -255,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--budget-s", type=float, required=True, help="wall clock for everything, compilation included")
     t.add_argument("--max-epochs", type=int, default=400)
     t.add_argument("--widths", default="48,96,192")
+    t.add_argument("--blocks-per-stage", type=int, default=TrainConfig.blocks_per_stage)
+    t.add_argument("--input-size", type=int, default=TrainConfig.input_size)
     t.add_argument("--init-seed", type=int, default=1,
                    help="initialisation, order and augmentation; the split stays the project's (seed 1337)")
     t.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
@@ -273,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("KERAS_BACKEND") != "jax":
                 raise ExporterError("set KERAS_BACKEND=jax: this trainer runs Keras on JAX")
             cfg = TrainConfig(data=args.packed, run_dir=args.run_dir, widths=tuple(map(int, args.widths.split(","))),
+                              blocks_per_stage=args.blocks_per_stage, input_size=args.input_size,
                               learning_rate=args.learning_rate, teachers=tuple(args.teachers),
                               init_from=args.init_from)
             train(cfg, Path(args.packed), args.budget_s, args.max_epochs, args.init_seed,

@@ -16,10 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.calibration import calibration_summary, fit_temperature, softmax
+from exporter.dataset import decode_all
 from exporter.errors import ExporterError
 from exporter.evaluate import served_outputs, version_data, version_dir, write_evaluation
 from exporter.export import _next_version, _refuse_existing, staged_version
-from exporter.pipeline import decode_all
 
 SIGNATURES = ("serving_default", "gradcam", "gradcam_multilayer")
 

@@ -76,7 +76,8 @@ def plot_history(history: dict, path: Path, distilled: bool = False) -> None:
         else {"loss": "train loss", "accuracy": "train accuracy"}
     for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
         ax.plot(epochs, history.get(key, []), label=train_labels[key])
-        ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {key}")
+        if f"val_{key}" in history:  # the accelerated trainer holds no validation split
+            ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
@@ -117,8 +118,7 @@ def evaluate(run_dir: str | Path, data: str | None = None) -> dict:
     import keras
 
     from exporter.calibration import softmax
-    from exporter.dataset import load_dataset
-    from exporter.pipeline import decode_all
+    from exporter.dataset import decode_all, load_dataset
     from exporter.train import TrainConfig, split_dataset
 
     run = json.loads(run_file.read_text())
@@ -180,7 +180,7 @@ def evaluate_version(models_dir: str | Path, name: str, version: int, data: str 
     results go to `out` (default runs/<name>-v<version>/evaluation), never into the immutable version."""
     import tensorflow as tf
 
-    from exporter.pipeline import decode_all
+    from exporter.dataset import decode_all
 
     path = version_dir(models_dir, name, version)
     meta, parts = version_data(path, data)

@@ -310,8 +310,7 @@ def tta_temperature(model: keras.Model, run: dict) -> float:
     """T fitted on the run's validation split to the eight-view mean logits (they are less extreme than one view's)."""
     from exporter.calibration import fit_temperature
     from exporter.config import TrainConfig
-    from exporter.dataset import load_dataset
-    from exporter.pipeline import decode_all
+    from exporter.dataset import decode_all, load_dataset
     from exporter.train import split_dataset
 
     cfg = TrainConfig.from_json(run["config"])

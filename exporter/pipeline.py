@@ -1,19 +1,11 @@
-"""tf.data input pipelines: parallel decode, augmentation suited to overhead imagery, resumable epochs, prefetch."""
+"""tf.data input pipelines: augmentation suited to overhead imagery, resumable epochs, prefetch."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from exporter.dataset import Dataset
-
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def _decode(data: tf.Tensor, size: int) -> tf.Tensor:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.resize(image, (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
@@ -66,10 +58,3 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, depth: int, batch_size:
     """Batches of (float32 images in 0..255, one-hot labels), in order, unaugmented."""
     ds = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, depth)))
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).batch(batch_size).prefetch(AUTOTUNE)
-
-
-def decode_all(data: Dataset, size: int) -> np.ndarray:
-    """Every image as uint8 [N, size, size, 3], decoded the same way the training pipeline does."""
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(data.images))
-    ds = ds.map(lambda b: _decode(b, size), num_parallel_calls=AUTOTUNE, deterministic=True).batch(512)
-    return np.concatenate([batch.numpy() for batch in ds]) if len(data) else np.zeros((0, size, size, 3), np.uint8)

@@ -17,11 +17,11 @@ import tensorflow as tf
 
 from exporter.calibration import fit_temperature
 from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
-from exporter.dataset import Dataset, load_dataset, stratified_split
+from exporter.dataset import Dataset, decode_all, load_dataset, stratified_split
 from exporter.distill import load_teachers, read_targets, reuses_targets, write_targets
 from exporter.errors import ExporterError
 from exporter.model import build_optimizer, build_resnet
-from exporter.pipeline import decode_all, eval_batches, training_batches
+from exporter.pipeline import eval_batches, training_batches
 
 CHECKPOINTS = "checkpoints"
 

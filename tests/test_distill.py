@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from exporter.config import TrainConfig
-from exporter.dataset import load_dataset
+from exporter.dataset import decode_all, load_dataset
 from exporter.distill import TARGETS_FILE
 from exporter.model import build_resnet
-from exporter.pipeline import decode_all
 from exporter.train import split_dataset, train
 from tests.test_exporter_cli import assert_one_line_error, run_cli
 
