@@ -2,7 +2,9 @@
 # One accelerator session (a GPU machine with JAX, no TensorFlow, no network): teachers trained side by side from
 # scratch, then students initialised from them and distilled from all of them (function matching), each run sized
 # to its wall-clock budget. Models come back as $OUT/<run>.keras, the records as $OUT/records.tgz.
-# Usage: OUT=folder PACKED=.gpu/train.npz WHEELS=.gpu/whl bash exporter/accelerated.sh
+# Usage: OUT=folder PACKED=.gpu/train.npz WHEELS=.gpu/whl bash exporter/accelerated.sh (WHEELS: what the machine
+# lacks of keras, namex, optree and simplejpeg, for its Python; the rounds of this README ran before decoding moved
+# to gateway.decoding, which needs simplejpeg)
 # Students of given teachers only: TEACHERS=0 TEACHER_MODELS="a.keras b.keras" STUDENT_INIT=a.keras
 # STUDENT_LRS=1e-3,3e-4 (one learning rate per student).
 set -uo pipefail
