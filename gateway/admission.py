@@ -24,7 +24,6 @@ from gateway.errors import Overloaded, PayloadTooLarge
 # gradcam_multilayer 5.4 ms.
 SINGLE_LAYER_WEIGHT = 3.9 / 3.7
 MULTI_LAYER_WEIGHT = 5.4 / 3.7
-RETRY_AFTER_S = 1
 IDLE_SECONDS_PER_UNIT = 7e-9  # one JPEG pixel decoded, on one idle core
 # An idle backend call of n tiles takes IDLE_CALL_S + n x IDLE_TILE_S: 3.7 ms at n = 1 (README), and 7.7 ms a tile
 # was measured at n = 32 with other jobs holding the cores, 2.6x their batch-1 figure: about 1.3 ms idle.
@@ -103,11 +102,11 @@ class WorkBudget:
                                   f"{self.capacity:,}: send fewer or smaller images")
         if self.in_flight + cost > self.capacity:
             raise Overloaded(f"the gateway has {self.in_flight:,} of {self.capacity:,} pixel-equivalents of work in "
-                             f"flight and cannot take {cost:,} more now", retry_after=RETRY_AFTER_S)
+                             f"flight and cannot take {cost:,} more now")
         estimate = self.estimate_s(self.in_flight + cost) if cost >= LEARN_FROM else 0.0  # it shares the cores
         if estimate > HEADROOM * self.deadline_s:
             raise Overloaded(f"the gateway is busy: this request would take about {estimate:.0f} s now, past the "
-                             f"{self.deadline_s:g} s deadline", retry_after=RETRY_AFTER_S)
+                             f"{self.deadline_s:g} s deadline")
         self.in_flight += cost
 
     def _learn(self, slowdown: float, at_least: bool = False) -> None:

@@ -210,7 +210,7 @@ class GatewayCore:
         queueing; a request costing more than the whole budget is 413."""
         if self._admitted >= self.settings.max_inflight:
             self.metrics.rejected.labels("overloaded").inc()
-            raise Overloaded(f"the gateway is at its limit of {self.settings.max_inflight} requests", retry_after=1)
+            raise Overloaded(f"the gateway is at its limit of {self.settings.max_inflight} requests")
         try:
             self.budget.take(cost)
         except GatewayError as exc:
@@ -249,7 +249,7 @@ class GatewayCore:
         limit = self.settings.max_image_pixels
         geo = [geotiff.probe(data, limit) if sniff(data) == "tiff" else None for data in encoded]
         headers = [g[0] if g else probe(data, limit) for g, data in zip(geo, encoded, strict=True)]
-        meta = self._planning_meta(pin)
+        meta, weight = self._planning(pin)
         reductions = [self._reduction(header, meta, g[1][1] if g and g[1] else gsd_m, render_side)
                       for header, g in zip(headers, geo, strict=True)]
         reductions = [(tiles, 1.0 if g else scale) for (tiles, scale), g in zip(reductions, geo, strict=True)]
@@ -258,20 +258,22 @@ class GatewayCore:
             raise PayloadTooLarge(f"the scene needs {most} tiles at {meta.gsd_m:g} m; the limit per request is "
                                   f"{self.settings.max_scene_tiles}: use `python -m gateway scene IN.tif OUT.tif` "
                                   "for large rasters")
-        weight = admission.tile_weight(meta.multiply_adds if meta else None)
         cost = admission.request_cost(headers, method, weight * sum(t for t, _ in reductions))
         return cost, [(header, scale) for header, (_, scale) in zip(headers, reductions, strict=True)]
 
-    def _planning_meta(self, pin: Pin) -> VersionMeta | None:
-        """The pinned version's metadata, else the newest served one's (input size and GSD are the model's), without
-        routing (which would draw the canary split twice); None when nothing is served: `_observed` says so."""
+    def _planning(self, pin: Pin) -> tuple[VersionMeta | None, float]:
+        """The metadata of the version a request would most likely reach (input size and GSD are the model's), and
+        the largest tile weight among those it may reach: during a rollout a canary that costs more a tile must not be
+        admitted at the stable version's price. Without routing (which would draw the canary split twice); (None, 1)
+        when nothing is served: `_observed` says so."""
         try:
-            config = self.router.config(pin.model or self.router.default_model)
-            version = pin.version if pin.version in config.versions else config.labels.get(pin.label or "stable",
-                                                                                           max(config.versions))
-            return self.backend.meta(config.name, version)
+            config, versions = self.router.reachable(pin)
+            metas = [self.backend.meta(config.name, v) for v in versions]
         except (GatewayError, ValueError):
-            return None
+            return None, 1.0
+        if not metas:
+            return None, 1.0
+        return metas[0], max(admission.tile_weight(m.multiply_adds) for m in metas)
 
     @staticmethod
     def _reduction(header: ImageHeader, meta: VersionMeta | None, gsd_m: float | None,

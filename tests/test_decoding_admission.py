@@ -134,7 +134,7 @@ def test_slow_backend_calls_refuse_large_work(idle):
 
 def test_a_version_twice_as_costly_per_tile_is_admitted_as_twice_the_work(models_repo, tmp_path):
     """A wider network (or an 8-view export) exports its multiply-adds; the budget weighs its tiles by them, so a
-    version served after a cheaper one is not admitted at the cheaper one's cost."""
+    version served after a cheaper one, or as the canary beside it, is not admitted at the cheaper one's cost."""
     import json
     import shutil
 
@@ -157,3 +157,14 @@ def test_a_version_twice_as_costly_per_tile_is_admitted_as_twice_the_work(models
     tile = admission.TILE_COST * meta["multiply_adds"] / 2 / admission.REFERENCE_MULTIPLY_ADDS
     assert one - decoding == pytest.approx(tile, abs=1) and two - decoding == pytest.approx(2 * tile, abs=1)
     assert admission.tile_weight(None) == 1.0  # a version exported before multiply-adds: the reference's cost
+
+    # unpinned traffic is priced at the costliest version it may reach: the canary's, once a rollout runs
+    from gateway.rollout.state import Phase, RolloutState
+
+    assert core.plan([image], Pin(), None)[0] == one
+    core.router.set_configs([ModelConfig("tiny", (1, 2), {"stable": 1, "canary": 2})])
+    core.router.set_state(RolloutState(model="tiny", phase=Phase.running, stable=1, canary=2, weight=10))
+    assert core.plan([image], Pin(), None)[0] == two
+    assert core.plan([image], Pin(label="stable"), None)[0] == one  # a label always reaches one version
+    core.router.set_state(RolloutState(model="tiny", phase=Phase.idle, stable=1))
+    assert core.plan([image], Pin(), None)[0] == one

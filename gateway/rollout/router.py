@@ -82,6 +82,18 @@ class Router:
             raise NotFound(f"model {config.name!r} has no served version")
         return Target(config.name, max(config.versions)), STABLE  # no labels at all: the newest listed version
 
+    def reachable(self, pin) -> tuple[ModelConfig, list[int]]:
+        """The versions that may serve (or, as shadow, also run) a request with this pin, without drawing the split:
+        what admission must price it at."""
+        config = self.config(pin.model or self.default_model)
+        if pin.version is not None or pin.label is not None:
+            return config, [self.route(pin)[0].version]
+        stable = config.labels.get(STABLE, max(config.versions) if config.versions else None)
+        canary = config.labels.get(CANARY)
+        state = self.state
+        live = state is not None and state.model == config.name and state.phase == Phase.running
+        return config, [v for v in (stable, canary if live else None) if v is not None]
+
     def _split(self, config: ModelConfig, routing_key: str | None) -> str:
         state = self.state
         if (state is None or state.model != config.name or state.phase != Phase.running or state.weight <= 0
