@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.config import TrainConfig
+from exporter.config import STATE_FILE, TrainConfig
 from exporter.errors import ExporterError
 
 PACK_KEYS = ("class_names", "labels", "train_index", "offsets", "blob")
@@ -100,9 +100,12 @@ def _wait_for_peers(barrier: Path | None, peers: int, name: str) -> None:
 
 
 def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init_seed: int,
-          barrier: Path | None = None, peers: int = 1) -> Path:
+          barrier: Path | None = None, peers: int = 1, epochs: int | None = None, stop_after: int | None = None,
+          resume: bool = False) -> Path:
     """Train within `budget_s` seconds of wall clock (compilation included) and write `run_dir/{model.keras,
-    history.json}`; teachers (`cfg.teachers`, .keras) make it a function-matching distillation."""
+    history.json}`; teachers (`cfg.teachers`, .keras) make it a function-matching distillation. `epochs` fixes the
+    count instead of the budget; every epoch ends with a checkpoint, which `resume` continues from (`stop_after`
+    ends a run after that epoch, to finish it later: on another lease, say)."""
     import jax
     import jax.numpy as jnp
     import keras
@@ -110,11 +113,16 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     from exporter.model import build_optimizer, build_resnet, learning_rate_schedule
 
     started = time.monotonic()
+    state_file = Path(cfg.run_dir) / STATE_FILE
+    if not resume and state_file.is_file() and (done := json.loads(state_file.read_text()))["epochs_done"] < done[
+            "epochs"]:
+        raise ExporterError(f"{cfg.run_dir} holds an unfinished run (epoch {done['epochs_done']}/{done['epochs']}): "
+                            "pass --resume to continue it, or pick another --run-dir")
     images, labels, class_names = unpack(packed, cfg)
     depth, size, batch = len(class_names), cfg.input_size, min(cfg.batch_size, len(labels))
     keras.utils.set_random_seed(init_seed)
     model = build_resnet(depth, size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
-    if cfg.init_from:
+    if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     teachers = [keras.saving.load_model(p, compile=False) for p in cfg.teachers]
     teacher_vars = [([v.value for v in t.trainable_variables], [v.value for v in t.non_trainable_variables])
@@ -158,16 +166,30 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
              [v.value for v in optimizer.variables])
     rng = np.random.default_rng(init_seed)
     key = jax.random.key(init_seed)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    epoch, seconds, epoch_s = 0, 0.0, float("nan")
     # epoch 1 runs on the warm-up every run of 8+ epochs shares; timed under the peers' load (after the first step,
     # which compiles), it fixes the epoch count, so the cosine decay ends with the budget
-    epochs, lr = max_epochs, rates(max_epochs)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-    train_started = time.monotonic()
-    epoch = 0
-    while epoch < epochs:
+    planned = epochs or max_epochs
+    run_dir = Path(cfg.run_dir)
+    if resume:
+        record = _read_checkpoint(run_dir)
+        state = _load_state(run_dir / record["checkpoint"], record["sizes"])
+        rng.bit_generator.state = record["rng"]
+        key = jax.random.wrap_key_data(jnp.asarray(record["key"], jnp.uint32))
+        history, epoch, planned = record["history"], record["epochs_done"], record["epochs"]
+        seconds, epoch_s = record["train_seconds"], record["epoch_s"]
+        print(f"{run_dir}: resuming after epoch {epoch}/{planned}", file=sys.stderr, flush=True)
+    lr = rates(planned)
+    stopped = None
+    while epoch < planned:
         if time.monotonic() - started > budget_s:  # slower than timed (a peer's load grew): keep what there is
-            print(f"{cfg.run_dir}: budget spent after {epoch} of {epochs} epochs", file=sys.stderr)
+            stopped = "budget spent"
             break
+        if stop_after is not None and epoch >= stop_after:
+            stopped = "stopped as asked"
+            break
+        epoch_started = time.monotonic()
         order = jnp.asarray(rng.permutation(len(labels))[: steps * batch].reshape(steps, batch))
         losses, agrees = [], []
         for s in range(steps):
@@ -177,35 +199,73 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
             agrees.append(agree)
             if epoch == 0 and s == 0:
                 loss.block_until_ready()
-                _wait_for_peers(barrier, peers, Path(cfg.run_dir).name)
+                _wait_for_peers(barrier, peers, run_dir.name)
                 timed = time.monotonic()
         history["loss"].append(float(jnp.mean(jnp.stack(losses))))
         history["accuracy"].append(float(jnp.mean(jnp.stack(agrees))))
+        seconds += time.monotonic() - epoch_started
         epoch += 1
         if epoch == 1:
             epoch_s = (time.monotonic() - timed) * steps / max(1, steps - 1)
-            left = budget_s - (time.monotonic() - started) - 20  # saving and slack
-            epochs = int(max(1, min(max_epochs, 1 + left / (1.1 * epoch_s))))
-            lr = rates(epochs)
-            print(f"{cfg.run_dir}: {epoch_s:.2f} s per epoch of {steps} steps: {epochs} epochs", file=sys.stderr,
+            if not epochs:
+                left = budget_s - (time.monotonic() - started) - 20  # saving and slack
+                planned = int(max(1, min(max_epochs, 1 + left / (1.1 * epoch_s))))
+                lr = rates(planned)
+            print(f"{run_dir}: {epoch_s:.2f} s per epoch of {steps} steps: {planned} epochs", file=sys.stderr,
                   flush=True)
-    seconds = time.monotonic() - train_started
+        _write_checkpoint(run_dir, state, {
+            "epochs_done": epoch, "epochs": planned, "history": history, "rng": rng.bit_generator.state,
+            "key": np.asarray(jax.random.key_data(key)).tolist(), "train_seconds": round(seconds, 1),
+            "epoch_s": epoch_s, "init_seed": init_seed, "config": asdict(replace(cfg, epochs=planned)),
+            "class_names": class_names})
     for variable, value in zip(model.trainable_variables + model.non_trainable_variables, state[0] + state[1],
                                strict=True):
         variable.assign(value)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model.keras")
-    done = len(history["loss"])
-    cfg = replace(cfg, epochs=epochs)
-    record = {"progress": f"epoch {done}/{epochs}", "epochs_done": done, "epochs": epochs,
+    cfg = replace(cfg, epochs=planned)
+    cut = f" ({stopped}: --resume finishes it)" if stopped else ""
+    record = {"progress": f"epoch {epoch}/{planned}{cut}", "epochs_done": epoch, "epochs": planned,
               "train_seconds": round(seconds, 1), "epoch_s": round(epoch_s, 2), "init_seed": init_seed,
               "device": str(jax.devices()[0].device_kind), "config": asdict(cfg), "class_names": class_names,
               "keras_version": keras.__version__, "jax_version": jax.__version__, **history}
     (run_dir / "history.json").write_text(json.dumps(record, indent=1))
-    print(f"{cfg.run_dir}: {done} epochs in {seconds:.0f} s, last loss {history['loss'][-1]:.4f} "
-          f"agreement {history['accuracy'][-1]:.4f}", file=sys.stderr, flush=True)
+    print(f"{run_dir}: epoch {epoch}/{planned}{cut} after {seconds:.0f} s of training, last loss "
+          f"{history['loss'][-1]:.4f} agreement {history['accuracy'][-1]:.4f}", file=sys.stderr, flush=True)
     return run_dir
+
+
+def _write_checkpoint(run_dir: Path, state, record: dict) -> None:
+    """The epoch's state (weights, batch-norm statistics, dropout's seed, optimizer) to a new file, then the record
+    that points at it (history, data order and augmentation RNGs) replaces the old one: the commit point. A cut at
+    any instant leaves the previous complete checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"checkpoint-{record['epochs_done']:04d}.npz"
+    tmp = run_dir / f".tmp-{name}"
+    with open(tmp, "wb") as f:
+        np.savez(f, *[np.asarray(a) for part in state for a in part])
+    os.replace(tmp, run_dir / name)
+    tmp = run_dir / f".tmp-{STATE_FILE}"
+    tmp.write_text(json.dumps({**record, "checkpoint": name, "sizes": [len(part) for part in state]}))
+    os.replace(tmp, run_dir / STATE_FILE)
+    for old in run_dir.glob("checkpoint-*.npz"):
+        if old.name != name:
+            old.unlink()
+
+
+def _read_checkpoint(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise ExporterError(f"{run_dir} holds no checkpoint ({STATE_FILE}) to resume: train without --resume first")
+    return json.loads(path.read_text())
+
+
+def _load_state(path: Path, sizes: list[int]):
+    import jax.numpy as jnp
+
+    with np.load(path) as f:
+        flat = [jnp.asarray(f[f"arr_{i}"]) for i in range(sum(sizes))]
+    bounds = np.cumsum([0, *sizes])
+    return tuple(flat[a:b] for a, b in itertools.pairwise(bounds))
 
 
 def finish(run_dir: Path, data: str) -> Path:
@@ -256,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     t.add_argument("--teacher", dest="teachers", action="append", default=[])
     t.add_argument("--init-from", default=None)
+    t.add_argument("--epochs", type=int, default=None, help="a fixed epoch count instead of what the budget allows")
+    t.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="end after this epoch's checkpoint, to be finished by --resume (on another lease, say)")
+    t.add_argument("--resume", action="store_true", help="continue --run-dir from its last epoch checkpoint, with "
+                   "the run's own settings")
     t.add_argument("--barrier", default=None, help="folder where side-by-side runs wait for each other")
     t.add_argument("--peers", type=int, default=1)
     f = sub.add_parser("finish", help="fit the temperature on the validation split and write run.json")
@@ -272,8 +337,14 @@ def main(argv: list[str] | None = None) -> int:
                               blocks_per_stage=args.blocks_per_stage, input_size=args.input_size,
                               learning_rate=args.learning_rate, teachers=tuple(args.teachers),
                               init_from=args.init_from)
-            train(cfg, Path(args.packed), args.budget_s, args.max_epochs, args.init_seed,
-                  Path(args.barrier) if args.barrier else None, args.peers)
+            init_seed = args.init_seed
+            if args.resume:  # the run's own settings: a changed flag would change what the first part trained
+                record = _read_checkpoint(Path(args.run_dir))
+                cfg = TrainConfig.from_json(record["config"], data=args.packed, run_dir=args.run_dir)
+                init_seed = record["init_seed"]
+            train(cfg, Path(args.packed), args.budget_s, args.max_epochs, init_seed,
+                  Path(args.barrier) if args.barrier else None, args.peers, args.epochs, args.stop_after_epoch,
+                  args.resume)
         else:
             print(finish(Path(args.run_dir), args.data))
     except ExporterError as exc:

@@ -100,3 +100,28 @@ def test_training_without_the_jax_backend_is_one_line_to_fix(packed, tmp_path):
     out = accelerated("train", "--packed", str(path), "--run-dir", str(tmp_path / "r"), "--budget-s", "5",
                       backend="tensorflow")
     assert_one_line_error(out, "KERAS_BACKEND=jax")
+
+
+def test_a_run_cut_after_an_epoch_and_resumed_ends_where_the_uncut_run_does(packed, tmp_path):
+    """Every epoch ends with a checkpoint (weights, optimizer, batch-norm statistics, dropout's seed, the data order
+    and augmentation RNGs); `--resume` continues it to the same weights as an uncut run."""
+    import keras
+
+    _, path = packed
+    common = ("--packed", str(path), "--budget-s", "300", "--epochs", "5", "--widths", "8,16", "--blocks-per-stage",
+              "1", "--input-size", "32", "--init-seed", "3")
+    uncut, cut = tmp_path / "uncut", tmp_path / "cut"
+    assert accelerated("train", "--run-dir", str(uncut), *common).returncode == 0
+    out = accelerated("train", "--run-dir", str(cut), *common, "--stop-after-epoch", "2")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((cut / "history.json").read_text())["progress"].startswith("epoch 2/5 (stopped as asked")
+    again = accelerated("train", "--run-dir", str(cut), *common)  # a fresh start would throw two epochs away
+    assert_one_line_error(again, "unfinished run (epoch 2/5)", "--resume")
+    out = accelerated("train", "--run-dir", str(cut), "--packed", str(path), "--budget-s", "300", "--resume")
+    assert out.returncode == 0, out.stderr
+    a, b = (json.loads((d / "history.json").read_text()) for d in (uncut, cut))
+    assert a["progress"] == b["progress"] == "epoch 5/5" and a["loss"] == b["loss"]
+    weights = [keras.saving.load_model(d / "model.keras", compile=False).get_weights() for d in (uncut, cut)]
+    for x, y in zip(*weights, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert sorted(p.name for p in cut.glob("checkpoint*")) == ["checkpoint-0005.npz", "checkpoint.json"]
