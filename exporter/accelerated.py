@@ -7,9 +7,9 @@ hours on two CPU cores takes minutes. Distillation here is function matching: th
 student sees (the CPU trainer's `distill.py` precomputes one target per image instead).
 
 Flow: `pack` (here: the training split's encoded images, one file), `train` (there, `KERAS_BACKEND=jax`, any
-number side by side; the epoch count is what fits a wall-clock budget, fixed before the first step so the cosine
-schedule completes), `finish` (here: the temperature on the validation split and `run.json`, after which `evaluate`
-and `export` take the run directory like any other).
+number side by side; the epoch count is what fits a wall-clock budget, fixed after the first epoch so the cosine
+schedule completes; a checkpoint every epoch, `--resume`), `finish` (here: the temperature on the validation split
+and `run.json`, after which `evaluate` and `export` take the run directory like any other).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def pack(cfg: TrainConfig, out: Path) -> dict:
     chunks = [np.frombuffer(data.images[i], np.uint8) for i in train_index]
     offsets = np.cumsum([0] + [len(c) for c in chunks])
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, class_names=np.array(data.class_names), labels=data.labels, train_index=train_index,
-             offsets=offsets, blob=np.concatenate(chunks))
+    np.savez_compressed(out, class_names=np.array(data.class_names), labels=data.labels,
+                        train_index=train_index, offsets=offsets, blob=np.concatenate(chunks))
     return {"images": len(train_index), "bytes": int(offsets[-1])}
 
 
@@ -158,9 +158,10 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
         agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
         return (trainable, non_trainable, opt_vars), loss, agree
 
-    def rates(epochs: int) -> np.ndarray:
-        schedule = learning_rate_schedule(replace(cfg, epochs=epochs), steps)
-        return np.asarray(jax.vmap(schedule)(jnp.arange(epochs * steps)), np.float32)
+    def rates(count: int) -> np.ndarray:
+        """The learning rate of every step of a `count`-epoch run."""
+        schedule = learning_rate_schedule(replace(cfg, epochs=count), steps)
+        return np.asarray(jax.vmap(schedule)(jnp.arange(count * steps)), np.float32)
 
     state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
              [v.value for v in optimizer.variables])
