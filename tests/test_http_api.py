@@ -124,8 +124,10 @@ def test_client_mistakes_get_clear_json_errors(client, image):
 
 
 def test_body_over_the_limit_is_413(client):
-    _error(client.post("/predict", files={"image": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 3_000_000)}), 413,
-           "payload_too_large")
+    """The refusal says what to do: a raw 2048 px GeoTIFF (12.6 MB) passes the default 10 MiB limit."""
+    response = client.post("/predict", files={"image": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 3_000_000)})
+    message = _error(response, 413, "payload_too_large")
+    assert "compressed" in message and "GATEWAY_MAX_BODY_BYTES" in message and "gateway scene" in message
 
 
 def test_models_health_ready_metrics(client, image):

@@ -26,6 +26,11 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers; uvicorn's httptools pars
 ON_REFUSED = "gateway.on_connection_refused"  # lifespan state key: a callback(reason) that counts refusals
 
 
+# A raw 2048 x 2048 RGB GeoTIFF (the largest scene the default tile limit allows at 10 m) is 12.6 MB: say what to do
+TOO_LARGE_HINT = (": send it compressed (PNG, JPEG, or a DEFLATE GeoTIFF), raise GATEWAY_MAX_BODY_BYTES, or run "
+                  "`python -m gateway scene IN.tif OUT.tif` for large rasters")
+
+
 class BodyTimeout(GatewayError):
     http_status = 408
     grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -134,8 +139,8 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(413, PayloadTooLarge.code,
-                                      f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
+            message = f"the body is {int(declared)} bytes; the limit is {self.max_bytes}{TOO_LARGE_HINT}"
+            response = error_response(413, PayloadTooLarge.code, message)
             response.headers["Connection"] = "close"
             return await response(scope, receive, send)
         seen, unread = 0, _has_body(headers)
@@ -160,7 +165,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise PayloadTooLarge(f"the body passed the limit of {self.max_bytes} bytes")
+                    raise PayloadTooLarge(f"the body passed the limit of {self.max_bytes} bytes{TOO_LARGE_HINT}")
                 unread = unread and message.get("more_body", False)
             return message
 
