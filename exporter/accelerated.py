@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.config import STATE_FILE, TrainConfig
+from exporter.config import STATE_FILE, TrainConfig, read_state, require_state, save_model_atomically, write_atomically
 from exporter.errors import ExporterError
 
 PACK_KEYS = ("class_names", "labels", "train_index", "offsets", "blob")
@@ -113,9 +113,8 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     from exporter.model import build_optimizer, build_resnet, learning_rate_schedule
 
     started = time.monotonic()
-    state_file = Path(cfg.run_dir) / STATE_FILE
-    if not resume and state_file.is_file() and (done := json.loads(state_file.read_text()))["epochs_done"] < done[
-            "epochs"]:
+    done = None if resume else read_state(cfg.run_dir)
+    if done and done["epochs_done"] < done["epochs"]:
         raise ExporterError(f"{cfg.run_dir} holds an unfinished run (epoch {done['epochs_done']}/{done['epochs']}): "
                             "pass --resume to continue it, or pick another --run-dir")
     images, labels, class_names = unpack(packed, cfg)
@@ -174,7 +173,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     planned = epochs or max_epochs
     run_dir = Path(cfg.run_dir)
     if resume:
-        record = _read_checkpoint(run_dir)
+        record = require_state(run_dir)
         state = _load_state(run_dir / record["checkpoint"], record["sizes"])
         rng.bit_generator.state = record["rng"]
         key = jax.random.wrap_key_data(jnp.asarray(record["key"], jnp.uint32))
@@ -222,14 +221,14 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     for variable, value in zip(model.trainable_variables + model.non_trainable_variables, state[0] + state[1],
                                strict=True):
         variable.assign(value)
-    model.save(run_dir / "model.keras")
+    save_model_atomically(model, run_dir / "model.keras")
     cfg = replace(cfg, epochs=planned)
     cut = f" ({stopped}: --resume finishes it)" if stopped else ""
     record = {"progress": f"epoch {epoch}/{planned}{cut}", "epochs_done": epoch, "epochs": planned,
               "train_seconds": round(seconds, 1), "epoch_s": round(epoch_s, 2), "init_seed": init_seed,
               "device": str(jax.devices()[0].device_kind), "config": asdict(cfg), "class_names": class_names,
               "keras_version": keras.__version__, "jax_version": jax.__version__, **history}
-    (run_dir / "history.json").write_text(json.dumps(record, indent=1))
+    write_atomically(run_dir / "history.json", json.dumps(record, indent=1))
     print(f"{run_dir}: epoch {epoch}/{planned}{cut} after {seconds:.0f} s of training, last loss "
           f"{history['loss'][-1]:.4f} agreement {history['accuracy'][-1]:.4f}", file=sys.stderr, flush=True)
     return run_dir
@@ -245,19 +244,11 @@ def _write_checkpoint(run_dir: Path, state, record: dict) -> None:
     with open(tmp, "wb") as f:
         np.savez(f, *[np.asarray(a) for part in state for a in part])
     os.replace(tmp, run_dir / name)
-    tmp = run_dir / f".tmp-{STATE_FILE}"
-    tmp.write_text(json.dumps({**record, "checkpoint": name, "sizes": [len(part) for part in state]}))
-    os.replace(tmp, run_dir / STATE_FILE)
+    write_atomically(run_dir / STATE_FILE,
+                     json.dumps({**record, "checkpoint": name, "sizes": [len(part) for part in state]}))
     for old in run_dir.glob("checkpoint-*.npz"):
         if old.name != name:
             old.unlink()
-
-
-def _read_checkpoint(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        raise ExporterError(f"{run_dir} holds no checkpoint ({STATE_FILE}) to resume: train without --resume first")
-    return json.loads(path.read_text())
 
 
 def _load_state(path: Path, sizes: list[int]):
@@ -270,11 +261,10 @@ def _load_state(path: Path, sizes: list[int]):
 
 
 def finish(run_dir: Path, data: str) -> Path:
-    """Here, with TensorFlow: fit the temperature on the validation split and write `run.json`, as `train` does."""
-    from exporter.calibration import fit_temperature
+    """Here, with TensorFlow: `run.json` as `exporter train` ends with it (`train.write_run`)."""
     from exporter.dataset import decode_all, load_dataset
     from exporter.export import load_keras_model
-    from exporter.train import split_dataset
+    from exporter.train import split_dataset, write_run
 
     record = json.loads((run_dir / "history.json").read_text())
     cfg = TrainConfig.from_json(record["config"], data=data, run_dir=str(run_dir))
@@ -282,19 +272,9 @@ def finish(run_dir: Path, data: str) -> Path:
     if dataset.class_names != record["class_names"]:
         raise ExporterError(f"dataset classes {dataset.class_names} differ from the run's {record['class_names']}")
     splits = split_dataset(dataset, cfg)
-    model = load_keras_model(run_dir / "model.keras")
-    logits = model.predict(decode_all(splits["val"], cfg.input_size).astype(np.float32), batch_size=256, verbose=0)
-    run = {
-        "temperature": round(fit_temperature(logits, splits["val"].labels), 4),
-        "config": asdict(cfg),
-        "class_names": dataset.class_names,
-        "skipped_files": dataset.skipped,
-        "split_sizes": {k: len(v) for k, v in splits.items()},
-        "train_seconds": record["train_seconds"],
-        "trained_on": f"{record['device']} (Keras {record['keras_version']}, JAX {record['jax_version']})",
-        "val_accuracy": round(float((logits.argmax(1) == splits["val"].labels).mean()), 4),
-    }
-    (run_dir / "run.json").write_text(json.dumps(run, indent=1))
+    write_run(run_dir, load_keras_model(run_dir / "model.keras"), cfg, dataset, splits,
+              decode_all(splits["val"], cfg.input_size), train_seconds=record["train_seconds"],
+              trained_on=f"{record['device']} (Keras {record['keras_version']}, JAX {record['jax_version']})")
     return run_dir
 
 
@@ -340,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                               init_from=args.init_from)
             init_seed = args.init_seed
             if args.resume:  # the run's own settings: a changed flag would change what the first part trained
-                record = _read_checkpoint(Path(args.run_dir))
+                record = require_state(args.run_dir)
                 cfg = TrainConfig.from_json(record["config"], data=args.packed, run_dir=args.run_dir)
                 init_seed = record["init_seed"]
             train(cfg, Path(args.packed), args.budget_s, args.max_epochs, init_seed,

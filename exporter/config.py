@@ -4,6 +4,7 @@ and refuse a bad `--resume` without loading it."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -75,3 +76,17 @@ def resume_config(run_dir: str | Path, given: TrainConfig, defaults: TrainConfig
     if changed:
         raise ExporterError(f"--resume continues {run_dir} with its own settings; drop {', '.join(changed)}")
     return replace(saved, data=given.data) if given.data != defaults.data else saved  # the data may have moved
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Beside the final name, then renamed over it: a cut leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model_atomically(model, path: Path) -> None:
+    """`write_atomically` for a Keras model (the temporary name keeps the .keras suffix Keras insists on)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)

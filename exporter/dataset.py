@@ -15,6 +15,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from exporter.errors import ExporterError
+from gateway.decoding import decode_image, resize
+from gateway.errors import GatewayError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = 100_000_000  # per dataset image; the gateway's request limit is separate
@@ -68,9 +70,6 @@ def _strip_common_root(files: dict[PurePosixPath, bytes]) -> dict[PurePosixPath,
 
 def _decode(data: bytes, size: int | None = None) -> np.ndarray | None:
     """RGB uint8 as the gateway decodes it (resized to size x size as it resizes for the model), or None."""
-    from gateway.decoding import decode_image, resize
-    from gateway.errors import GatewayError
-
     try:
         image = decode_image(data, MAX_PIXELS)
     except GatewayError:

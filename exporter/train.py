@@ -4,7 +4,6 @@ every epoch that `train --resume` continues from to the same result as an uncut 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -16,7 +15,14 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.calibration import fit_temperature
-from exporter.config import STATE_FILE, TrainConfig, read_state, require_state
+from exporter.config import (
+    STATE_FILE,
+    TrainConfig,
+    read_state,
+    require_state,
+    save_model_atomically,
+    write_atomically,
+)
 from exporter.dataset import Dataset, decode_all, load_dataset, stratified_split
 from exporter.distill import load_teachers, read_targets, reuses_targets, write_targets
 from exporter.errors import ExporterError
@@ -29,18 +35,6 @@ CHECKPOINTS = "checkpoints"
 def split_dataset(data: Dataset, cfg: TrainConfig) -> dict[str, Dataset]:
     idx = stratified_split(data.labels, (cfg.val_fraction, cfg.test_fraction), cfg.seed)
     return {name: data.subset(i) for name, i in idx.items()}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_model_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras insists on
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def _seed_generators(model: keras.Model) -> list:
@@ -98,7 +92,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         folder = self.run_dir / CHECKPOINTS
         folder.mkdir(exist_ok=True)
         name = f"epoch-{done:04d}.keras"
-        _save_model_atomically(self.model, folder / name)
+        save_model_atomically(self.model, folder / name)
         progress = {
             "progress": f"epoch {done}/{self.cfg.epochs}" + (" (resumed)" if self.resumed_at else ""),
             "epochs_done": done,
@@ -114,8 +108,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "history": self.history,
             "rng": _rng_state(self.model),
         }
-        _write_atomically(self.run_dir / STATE_FILE, json.dumps(state))
-        _write_atomically(self.run_dir / "history.json", json.dumps({**progress, **self.history}, indent=1))
+        write_atomically(self.run_dir / STATE_FILE, json.dumps(state))
+        write_atomically(self.run_dir / "history.json", json.dumps({**progress, **self.history}, indent=1))
         for old in folder.glob("*.keras"):  # older epochs, and a temporary file a kill left behind
             if old.name != name:
                 old.unlink()
@@ -208,19 +202,27 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
         verbose=1 if sys.stderr.isatty() else 2,
         callbacks=[checkpoint, *callbacks],
     )
-    _save_model_atomically(model, run_dir / "model.keras")
+    save_model_atomically(model, run_dir / "model.keras")
+    write_run(run_dir, model, cfg, data, splits, val_images, train_seconds=round(checkpoint.seconds, 1),
+              resumed_at_epochs=checkpoint.resumed_at, tensorflow_version=tf.__version__,
+              keras_version=keras.__version__)
+    print(f"trained in {checkpoint.seconds / 60:.1f} min; model at {run_dir / 'model.keras'}", file=sys.stderr)
+    return run_dir
+
+
+def write_run(run_dir: Path, model: keras.Model, cfg: TrainConfig, data: Dataset, splits: dict[str, Dataset],
+              val_images: np.ndarray, **extra) -> dict:
+    """`run.json`, the record `evaluate` and `export` read: the settings, the split, and the temperature fitted on
+    the validation split (baked into the export). Both trainers end with it."""
     val_logits = model.predict(val_images.astype(np.float32), batch_size=256, verbose=0)
     run = {
-        "temperature": round(fit_temperature(val_logits, splits["val"].labels), 4),  # baked into the export
+        "temperature": round(fit_temperature(val_logits, splits["val"].labels), 4),
         "config": asdict(cfg),
         "class_names": data.class_names,
         "skipped_files": data.skipped,
         "split_sizes": {k: len(v) for k, v in splits.items()},
-        "train_seconds": round(checkpoint.seconds, 1),
-        "resumed_at_epochs": checkpoint.resumed_at,
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
+        "val_accuracy": round(float((val_logits.argmax(1) == splits["val"].labels).mean()), 4),
+        **extra,
     }
-    _write_atomically(run_dir / "run.json", json.dumps(run, indent=1))
-    print(f"trained in {checkpoint.seconds / 60:.1f} min; model at {run_dir / 'model.keras'}", file=sys.stderr)
-    return run_dir
+    write_atomically(run_dir / "run.json", json.dumps(run, indent=1))
+    return run

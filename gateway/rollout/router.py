@@ -89,15 +89,17 @@ class Router:
         if pin.version is not None or pin.label is not None:
             return config, [self.route(pin)[0].version]
         stable = config.labels.get(STABLE, max(config.versions) if config.versions else None)
-        canary = config.labels.get(CANARY)
+        canary = config.labels.get(CANARY) if self._live(config) else None
+        return config, [v for v in (stable, canary) if v is not None]
+
+    def _live(self, config: ModelConfig) -> RolloutState | None:
+        """The rollout state while one runs on this model (canary labelled, taking traffic or shadow)."""
         state = self.state
-        live = state is not None and state.model == config.name and state.phase == Phase.running
-        return config, [v for v in (stable, canary if live else None) if v is not None]
+        return state if state is not None and state.model == config.name and state.phase == Phase.running else None
 
     def _split(self, config: ModelConfig, routing_key: str | None) -> str:
-        state = self.state
-        if (state is None or state.model != config.name or state.phase != Phase.running or state.weight <= 0
-                or CANARY not in config.labels):
+        state = self._live(config)
+        if state is None or state.weight <= 0 or CANARY not in config.labels:
             return STABLE
         if routing_key:
             return CANARY if sticky_bucket(config.name, routing_key) < state.weight else STABLE
