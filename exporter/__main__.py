@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"filters per stage; their count sets the depth (default {','.join(map(str, d.widths))})")
     t.add_argument("--blocks-per-stage", type=int, default=d.blocks_per_stage,
                    help="residual blocks per stage (default %(default)s)")
+    t.add_argument("--stem-stride", type=int, choices=(1, 2), default=d.stem_stride,
+                   help="1 keeps the first stage at full resolution: 4x the work (default %(default)s)")
     t.add_argument("--learning-rate", type=float, default=d.learning_rate,
                    help="peak AdamW learning rate (default %(default)s)")
     t.add_argument("--seed", type=int, default=d.seed, help="fixes split, init and augmentation (default %(default)s)")

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     images, labels, class_names = unpack(packed, cfg)
     depth, size, batch = len(class_names), cfg.input_size, min(cfg.batch_size, len(labels))
     keras.utils.set_random_seed(init_seed)
-    model = build_resnet(depth, size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
+    model = build_resnet(depth, size, cfg.widths, cfg.blocks_per_stage, cfg.dropout, cfg.stem_stride)
     if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     teachers = [keras.saving.load_model(p, compile=False) for p in cfg.teachers]
@@ -141,11 +142,19 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
 
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
-    @jax.jit
-    def step(state, teacher_vars, index, key, learning_rate):
-        trainable, non_trainable, opt_vars = state
-        x = augment(device_images[index], key, size)
+    mixup = cfg.mixup
+    if mixup and not teachers:
+        raise ExporterError("--mixup blends views for teachers to label: pass --teacher too")
+
+    def step(teacher_vars, carry, inputs):
+        (trainable, non_trainable, opt_vars), key = carry
+        index, learning_rate = inputs
+        key, sub = jax.random.split(key)
+        x = augment(device_images[index], sub, size)
         if teachers:
+            if mixup:  # function matching: the teachers label the blend too, so it needs no label rule
+                lam = jax.random.beta(jax.random.fold_in(sub, 1), mixup, mixup, (x.shape[0], 1, 1, 1))
+                x = lam * x + (1 - lam) * x[::-1]
             logits = [t.stateless_call(tv, ntv, x, training=False)[0]
                       for t, (tv, ntv) in zip(teachers, teacher_vars, strict=True)]
             y = jax.nn.softmax(jnp.mean(jnp.stack(logits), axis=0))
@@ -155,7 +164,14 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
         opt_vars = [learning_rate if i == lr_slot else v for i, v in enumerate(opt_vars)]
         trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
         agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
-        return (trainable, non_trainable, opt_vars), loss, agree
+        return ((trainable, non_trainable, opt_vars), key), (loss, agree)
+
+    @jax.jit
+    def run_epoch(state, key, order, learning_rates, teacher_vars):
+        """A whole epoch as one compiled loop: no per-step dispatch from Python."""
+        (state, key), (losses, agrees) = jax.lax.scan(partial(step, teacher_vars), (state, key),
+                                                      (order, learning_rates))
+        return state, key, jnp.mean(losses), jnp.mean(agrees)
 
     def rates(count: int) -> np.ndarray:
         """The learning rate of every step of a `count`-epoch run."""
@@ -168,8 +184,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     key = jax.random.key(init_seed)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     epoch, seconds, epoch_s = 0, 0.0, float("nan")
-    # epoch 1 runs on the warm-up every run of 8+ epochs shares; timed under the peers' load (after the first step,
-    # which compiles), it fixes the epoch count, so the cosine decay ends with the budget
+    # epoch 1 runs on the warm-up every run of 8+ epochs shares, so its learning rates hold whatever count follows
     planned = epochs or max_epochs
     run_dir = Path(cfg.run_dir)
     if resume:
@@ -181,7 +196,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
         seconds, epoch_s = record["train_seconds"], record["epoch_s"]
         print(f"{run_dir}: resuming after epoch {epoch}/{planned}", file=sys.stderr, flush=True)
     lr = rates(planned)
-    stopped = None
+    stopped, compiled = None, None
     while epoch < planned:
         if time.monotonic() - started > budget_s:  # slower than timed (a peer's load grew): keep what there is
             stopped = "budget spent"
@@ -191,33 +206,31 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
             break
         epoch_started = time.monotonic()
         order = jnp.asarray(rng.permutation(len(labels))[: steps * batch].reshape(steps, batch))
-        losses, agrees = [], []
-        for s in range(steps):
-            key, sub = jax.random.split(key)
-            state, loss, agree = step(state, teacher_vars, order[s], sub, lr[epoch * steps + s])
-            losses.append(loss)
-            agrees.append(agree)
-            if epoch == 0 and s == 0:
-                loss.block_until_ready()
-                _wait_for_peers(barrier, peers, run_dir.name)
-                timed = time.monotonic()
-        history["loss"].append(float(jnp.mean(jnp.stack(losses))))
-        history["accuracy"].append(float(jnp.mean(jnp.stack(agrees))))
+        args = (state, key, order, jnp.asarray(lr[epoch * steps:(epoch + 1) * steps]), teacher_vars)
+        if compiled is None:  # compile first, then wait for the peers: the timed epoch runs under their load
+            compiled = run_epoch.lower(*args).compile()
+            _wait_for_peers(barrier, peers, run_dir.name)
+            epoch_started = time.monotonic()
+        state, key, loss, agree = compiled(*args)
+        history["loss"].append(float(loss))
+        history["accuracy"].append(float(agree))
         seconds += time.monotonic() - epoch_started
         epoch += 1
-        if epoch == 1:
-            epoch_s = (time.monotonic() - timed) * steps / max(1, steps - 1)
+        record = {"epochs_done": epoch, "history": history, "rng": rng.bit_generator.state,
+                  "key": np.asarray(jax.random.key_data(key)).tolist(), "train_seconds": round(seconds, 1),
+                  "init_seed": init_seed, "class_names": class_names}
+        if epoch == 1:  # an epoch and its checkpoint, timed, fix the epoch count: the cosine decay ends in budget
+            _write_checkpoint(run_dir, state, {**record, "epochs": planned, "epoch_s": None,
+                                               "config": asdict(replace(cfg, epochs=planned))})
+            epoch_s = time.monotonic() - epoch_started
             if not epochs:
                 left = budget_s - (time.monotonic() - started) - 20  # saving and slack
                 planned = int(max(1, min(max_epochs, 1 + left / (1.1 * epoch_s))))
                 lr = rates(planned)
             print(f"{run_dir}: {epoch_s:.2f} s per epoch of {steps} steps: {planned} epochs", file=sys.stderr,
                   flush=True)
-        _write_checkpoint(run_dir, state, {
-            "epochs_done": epoch, "epochs": planned, "history": history, "rng": rng.bit_generator.state,
-            "key": np.asarray(jax.random.key_data(key)).tolist(), "train_seconds": round(seconds, 1),
-            "epoch_s": epoch_s, "init_seed": init_seed, "config": asdict(replace(cfg, epochs=planned)),
-            "class_names": class_names})
+        _write_checkpoint(run_dir, state, {**record, "epochs": planned, "epoch_s": epoch_s,
+                                           "config": asdict(replace(cfg, epochs=planned))})
     for variable, value in zip(model.trainable_variables + model.non_trainable_variables, state[0] + state[1],
                                strict=True):
         variable.assign(value)
@@ -291,12 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-epochs", type=int, default=400)
     t.add_argument("--widths", default="48,96,192")
     t.add_argument("--blocks-per-stage", type=int, default=TrainConfig.blocks_per_stage)
+    t.add_argument("--stem-stride", type=int, choices=(1, 2), default=TrainConfig.stem_stride)
     t.add_argument("--input-size", type=int, default=TrainConfig.input_size)
     t.add_argument("--init-seed", type=int, default=1,
                    help="initialisation, order and augmentation; the split stays the project's (seed 1337)")
     t.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     t.add_argument("--teacher", dest="teachers", action="append", default=[])
     t.add_argument("--init-from", default=None)
+    t.add_argument("--mixup", type=float, default=0.0,
+                   help="with teachers: blend each view with another, Beta(a, a) weights, for the teachers to label")
     t.add_argument("--epochs", type=int, default=None, help="a fixed epoch count instead of what the budget allows")
     t.add_argument("--stop-after-epoch", type=int, default=None,
                    help="end after this epoch's checkpoint, to be finished by --resume (on another lease, say)")
@@ -315,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("KERAS_BACKEND") != "jax":
                 raise ExporterError("set KERAS_BACKEND=jax: this trainer runs Keras on JAX")
             cfg = TrainConfig(data=args.packed, run_dir=args.run_dir, widths=tuple(map(int, args.widths.split(","))),
-                              blocks_per_stage=args.blocks_per_stage, input_size=args.input_size,
+                              blocks_per_stage=args.blocks_per_stage, stem_stride=args.stem_stride,
+                              input_size=args.input_size,
                               learning_rate=args.learning_rate, teachers=tuple(args.teachers),
-                              init_from=args.init_from)
+                              init_from=args.init_from, mixup=args.mixup)
             init_seed = args.init_seed
             if args.resume:  # the run's own settings: a changed flag would change what the first part trained
                 record = require_state(args.run_dir)

@@ -5,11 +5,13 @@
 # Usage: OUT=folder PACKED=.gpu/train.npz WHEELS=.gpu/whl bash exporter/accelerated.sh (WHEELS: what the machine
 # lacks of keras, namex, optree and simplejpeg, for its Python; the rounds of this README ran before decoding moved
 # to gateway.decoding, which needs simplejpeg)
-# Students of given teachers only: TEACHERS=0 TEACHER_MODELS="a.keras b.keras" STUDENT_INIT=a.keras
-# STUDENT_LRS=1e-3,3e-4 (one learning rate per student).
+# Students of given teachers only: TEACHERS=0 TEACHER_MODELS="a.keras b.keras". Per student, comma lists (the last
+# entry holds for the rest): STUDENT_INITS=a.keras,b.keras,- (- starts from scratch), STUDENT_LRS=1e-3,3e-4,
+# STUDENT_MIXUPS=0,0.5 (mixup of the views the teachers label).
 set -uo pipefail
 TEACHERS=${TEACHERS:-4} STUDENTS=${STUDENTS:-3}
-TEACHER_MODELS=${TEACHER_MODELS:-} STUDENT_INIT=${STUDENT_INIT:-} STUDENT_LRS=${STUDENT_LRS:-}
+TEACHER_MODELS=${TEACHER_MODELS:-} STUDENT_INITS=${STUDENT_INITS:-} STUDENT_LRS=${STUDENT_LRS:-1e-3}
+STUDENT_MIXUPS=${STUDENT_MIXUPS:-0}
 TEACHER_S=${TEACHER_S:-230} STUDENT_S=${STUDENT_S:-270} WIDTHS=${WIDTHS:-48,96,192}
 RUNS=${RUNS:-/tmp/runs}
 mkdir -p "$RUNS" "$OUT"
@@ -25,9 +27,14 @@ save() {  # whatever finished so far, so a cut call still returns it
   tar czf "$OUT/records.tgz" --exclude="*.keras" --exclude="barrier-*" -C "$RUNS" .
 }
 
-student_args() {  # i: a student's own initialisation and learning rate
-  echo "--init-from ${STUDENT_INIT:-$RUNS/teacher$1/model.keras}"
-  echo "--learning-rate $(echo "${STUDENT_LRS:-1e-3}" | tr , '\n' | sed -n "${1}p;\$p" | head -1)"
+nth() {  # list i: entry i of a comma list, or its last entry
+  echo "$1" | tr , '\n' | sed -n "${2}p;\$p" | head -1
+}
+
+student_args() {  # i: a student's own initialisation (its teacher's, unless STUDENT_INITS says), rate and mixup
+  local init; init=$(nth "${STUDENT_INITS:-$RUNS/teacher$1/model.keras}" "$1")
+  [ "$init" = - ] || echo "--init-from $init"
+  echo "--learning-rate $(nth "$STUDENT_LRS" "$1") --mixup $(nth "$STUDENT_MIXUPS" "$1")"
 }
 
 phase() {  # name budget peers extra-args...: run $peers trainings side by side and wait for all

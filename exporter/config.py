@@ -22,6 +22,7 @@ class TrainConfig:
     input_size: int = 64
     widths: tuple[int, ...] = (32, 64, 128)
     blocks_per_stage: int = 2
+    stem_stride: int = 2  # 1: the first stage at full resolution
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 2
@@ -32,6 +33,7 @@ class TrainConfig:
     seed: int = 1337
     init_from: str | None = None  # continue from a trained .keras (same architecture), e.g. a low-LR extension
     teachers: tuple[str, ...] = ()  # .keras models whose 8-view class distribution is the target (distill.py)
+    mixup: float = 0.0  # Beta(a, a) blends of two views for the teachers to label (accelerated function matching)
 
     @classmethod
     def from_json(cls, config: dict, **overrides) -> TrainConfig:

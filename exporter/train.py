@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     keras.utils.set_random_seed(cfg.seed)
     n_train = len(splits["train"])
     steps = -(-n_train // cfg.batch_size)
-    model = build_resnet(depth, cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout)
+    model = build_resnet(depth, cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout, cfg.stem_stride)
     if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     model.compile(

@@ -125,3 +125,22 @@ def test_a_run_cut_after_an_epoch_and_resumed_ends_where_the_uncut_run_does(pack
     for x, y in zip(*weights, strict=True):
         np.testing.assert_array_equal(x, y)
     assert sorted(p.name for p in cut.glob("checkpoint*")) == ["checkpoint-0005.npz", "checkpoint.json"]
+
+
+def test_a_student_distils_its_teachers_labels_of_mixed_views_and_mixup_needs_a_teacher(packed, tmp_path):
+    """Function matching with mixup: the teacher labels each blend of two views, so the student's agreement with
+    it is what the run records; a blend with no teacher to label it is refused in one line."""
+    _, path = packed
+    common = ("--packed", str(path), "--budget-s", "300", "--widths", "8,16", "--blocks-per-stage", "1",
+              "--input-size", "32")
+    teacher = tmp_path / "teacher"
+    assert accelerated("train", "--run-dir", str(teacher), *common, "--epochs", "3").returncode == 0
+    student = tmp_path / "student"
+    out = accelerated("train", "--run-dir", str(student), *common, "--epochs", "3", "--mixup", "0.4",
+                      "--teacher", str(teacher / "model.keras"), "--init-from", str(teacher / "model.keras"))
+    assert out.returncode == 0, out.stderr
+    history = json.loads((student / "history.json").read_text())
+    assert history["config"]["mixup"] == 0.4 and history["config"]["teachers"] == [str(teacher / "model.keras")]
+    assert len(history["accuracy"]) == 3 and all(0 <= a <= 1 for a in history["accuracy"])
+    alone = accelerated("train", "--run-dir", str(tmp_path / "alone"), *common, "--epochs", "3", "--mixup", "0.4")
+    assert_one_line_error(alone, "--mixup", "--teacher")

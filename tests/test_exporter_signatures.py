@@ -172,3 +172,22 @@ def test_multiply_adds_count_every_kernel_at_every_output_position():
     x = keras.Input((8, 8, 3))
     y = inner(keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, strides=2, padding="same")(x)))
     assert multiply_adds(keras.Model(x, y)) == 4 * 4 * 3 * 3 * 3 * 4 + 4 * 2
+
+
+def test_a_full_resolution_stem_explains_on_a_grid_twice_as_fine_for_four_times_the_work(tmp_path, batch):
+    """`--stem-stride 1` keeps the first stage at the input's resolution: the exported Grad-CAM activations are
+    twice as fine per side, and the multiply-adds that admission weighs tiles by are four times the stride-2 ones."""
+    from exporter.export import export_model
+    from exporter.model import build_resnet, multiply_adds
+
+    grids, work = {}, {}
+    for stride in (2, 1):
+        model = build_resnet(3, 32, (8, 16), blocks_per_stage=1, stem_stride=stride)
+        version = export_model(model, sorted(TINY_CLASSES), tmp_path, "tiny", stride)
+        g = tf.saved_model.load(str(version)).signatures["gradcam"]
+        out = g(images=tf.constant(batch), class_index=tf.constant([-1] * len(batch), tf.int32))
+        grids[stride] = tuple(out["activations"].shape[1:3])
+        work[stride] = json.loads((version / "assets" / "metadata.json").read_text())["multiply_adds"]
+        assert work[stride] == multiply_adds(model)
+    assert grids == {2: (8, 8), 1: (16, 16)}
+    assert 3.9 < work[1] / work[2] <= 4  # the dense layer's work does not grow
