@@ -33,31 +33,33 @@ def test_committed_model_classifies_the_samples():
     np.testing.assert_array_equal(cam["class_index"].numpy(), probs.argmax(axis=1))
 
 
-def test_models_config_serves_the_wider_version():
-    """Version 5 (the wider network's full 100-epoch run, calibrated) was promoted with a canary rollout and is the
-    committed stable version, in the repository's config and in its Kubernetes copy."""
+def test_models_config_serves_the_stable_version():
+    """Version 6 (the wider network trained 300 epochs on a GPU, calibrated) was promoted with a canary rollout and is
+    the committed stable version, in the repository's config and in its Kubernetes copy."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     for config in (ROOT / "models" / "models.config", ROOT / "deploy" / "k8s" / "config" / "models.config"):
         parsed = text_format.Parse(config.read_text(), model_server_config_pb2.ModelServerConfig())
         entry = parsed.model_config_list.config[0]
-        assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [5], config
-        assert dict(entry.version_labels) == {"stable": 5}, config
-    card = json.loads((ROOT / "models" / "eurosat" / "5" / "assets" / "model_card.json").read_text())
+        assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [6], config
+        assert dict(entry.version_labels) == {"stable": 6}, config
+    card = json.loads((ROOT / "models" / "eurosat" / "6" / "assets" / "model_card.json").read_text())
     assert card["properties"]["scenecam:input_kind"] == "tile" and card["properties"]["gsd"] == 10.0
 
 
 def test_stable_version_is_more_accurate_and_keeps_the_contract():
-    """models/eurosat/5 beats version 4 on the test split (98.08% vs 97.99%, the README's figures), is calibrated
-    (ECE <= 0.015), keeps every signature's inputs and outputs, and makes version 1's one known miss on the samples."""
-    previous, stable = VERSION.parent / "4", VERSION.parent / "5"
+    """models/eurosat/6 beats version 5 on the test split (98.56% against 98.21%, both on the pixels the gateway
+    decodes: the README's figures; version 5's export-time file says 98.08%, of TensorFlow's pixels), is calibrated
+    (ECE <= 0.015), keeps every signature's inputs and outputs and the cost per tile, and gets every sample right."""
+    previous, stable = VERSION.parent / "5", VERSION.parent / "6"
     meta = json.loads((stable / "assets" / "metadata.json").read_text())
     evaluation = json.loads((stable / "evaluation" / "metrics.json").read_text())
-    old = json.loads((previous / "evaluation" / "metrics.json").read_text())
-    assert meta["training"]["config"]["widths"] == [48, 96, 192] and meta["training"]["config"]["epochs"] == 100
-    assert meta["tta"] is None
-    assert evaluation["accuracy"] == meta["metrics"]["accuracy"] == 0.9808 > old["accuracy"] == 0.9799
+    old = json.loads((previous / "assets" / "metadata.json").read_text())
+    config = meta["training"]["config"]
+    assert config["widths"] == [48, 96, 192] and config["epochs"] == 300 and config["stem_stride"] == 2
+    assert meta["tta"] is None and meta["multiply_adds"] == old["multiply_adds"]
+    assert evaluation["accuracy"] == meta["metrics"]["accuracy"] == 0.9856 > 0.9821 > old["metrics"]["accuracy"]
     assert evaluation["calibration"]["after"]["ece_15_bins"] <= 0.015
     older, new = tf.saved_model.load(str(previous)), tf.saved_model.load(str(stable))
     for name in ("serving_default", "gradcam", "gradcam_multilayer"):
@@ -66,9 +68,7 @@ def test_stable_version_is_more_accurate_and_keeps_the_contract():
     samples = sorted(SAMPLES.glob("*.jpg"))
     images = tf.constant(np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in samples]))
     predicted = new.signatures["serving_default"](images=images)["probabilities"].numpy().argmax(axis=1)
-    wrong = {p.stem: meta["class_names"][i] for p, i in zip(samples, predicted, strict=True)
-             if meta["class_names"][i] != p.stem}
-    assert wrong == {"PermanentCrop": "AnnualCrop"}, wrong
+    assert [meta["class_names"][i] for i in predicted] == [p.stem for p in samples]
 
 
 def test_committed_calibrated_version_is_version_1_with_trustworthy_confidence():
