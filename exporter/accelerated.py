@@ -113,6 +113,8 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
 
     from exporter.model import build_optimizer, build_resnet, learning_rate_schedule
 
+    if cfg.mixup and not cfg.teachers:
+        raise ExporterError("--mixup blends views for teachers to label: pass --teacher too")
     started = time.monotonic()
     done = None if resume else read_state(cfg.run_dir)
     if done and done["epochs_done"] < done["epochs"]:
@@ -143,8 +145,6 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
     mixup = cfg.mixup
-    if mixup and not teachers:
-        raise ExporterError("--mixup blends views for teachers to label: pass --teacher too")
 
     def step(teacher_vars, carry, inputs):
         (trainable, non_trainable, opt_vars), key = carry
