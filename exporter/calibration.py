@@ -93,15 +93,17 @@ def plot_reliability(curves: dict[str, np.ndarray], labels: np.ndarray, path: Pa
                label="gap to mean confidence")
         for x, y, n in zip(edges[:-1][filled], np.maximum(r["confidence"], r["accuracy"])[filled],
                            r["count"][filled], strict=True):
-            ax.text(x + 0.5 / ECE_BINS, min(y, 0.97) + 0.01, str(n), ha="center", fontsize=7)  # images in the bin
+            ax.text(x + 0.5 / ECE_BINS, y + 0.01, str(n), ha="center", va="bottom", rotation=90,
+                    fontsize=7)  # images in the bin, upright so that neighbouring 4-digit counts do not overlap
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         s = calibration_summary(probs, labels)
         ax.set_title(f"{name}: ECE {s['ece_15_bins']:.4f}, NLL {s['nll']:.3f}", fontsize=10)
         ax.set_xlabel("confidence (top-1 probability)")
         ax.set_ylabel("accuracy")
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(loc="upper left")
+        ax.set_ylim(0, 1.12)  # headroom for the counts above full bins, clear of the title
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.legend(loc="lower left", fontsize=8)  # bins start above 1/C: the top left holds their counts
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
