@@ -1,6 +1,6 @@
 """Training on a GPU machine that has JAX but no TensorFlow, through Keras's JAX backend.
 
-The same network (`model.build_resnet`), optimizer and schedule (`model.build_optimizer`), split and loss as
+The same network (`model.build_from_config`), optimizer and schedule (`model.build_optimizer`), split and loss as
 `exporter train`; the pipeline's augmentations (`pipeline.augment`) are re-expressed as batched JAX ops so that a
 whole step, augmentation and teachers included, is one compiled program on the accelerator. A run that takes ten
 hours on two CPU cores takes minutes. Distillation here is function matching: the teachers label the very view the
@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     import jax.numpy as jnp
     import keras
 
-    from exporter.model import build_optimizer, build_resnet, learning_rate_schedule
+    from exporter.model import build_from_config, build_optimizer, learning_rate_schedule
 
     if cfg.mixup and not cfg.teachers:
         raise ExporterError("--mixup blends views for teachers to label: pass --teacher too")
@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
     images, labels, class_names = unpack(packed, cfg)
     depth, size, batch = len(class_names), cfg.input_size, min(cfg.batch_size, len(labels))
     keras.utils.set_random_seed(init_seed)
-    model = build_resnet(depth, size, cfg.widths, cfg.blocks_per_stage, cfg.dropout, cfg.stem_stride)
+    model = build_from_config(cfg, depth)
     if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     teachers = [keras.saving.load_model(p, compile=False) for p in cfg.teachers]
@@ -144,16 +144,14 @@ def train(cfg: TrainConfig, packed: Path, budget_s: float, max_epochs: int, init
 
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
-    mixup = cfg.mixup
-
     def step(teacher_vars, carry, inputs):
         (trainable, non_trainable, opt_vars), key = carry
         index, learning_rate = inputs
         key, sub = jax.random.split(key)
         x = augment(device_images[index], sub, size)
         if teachers:
-            if mixup:  # function matching: the teachers label the blend too, so it needs no label rule
-                lam = jax.random.beta(jax.random.fold_in(sub, 1), mixup, mixup, (x.shape[0], 1, 1, 1))
+            if cfg.mixup:  # function matching: the teachers label the blend too, so it needs no label rule
+                lam = jax.random.beta(jax.random.fold_in(sub, 1), cfg.mixup, cfg.mixup, (x.shape[0], 1, 1, 1))
                 x = lam * x + (1 - lam) * x[::-1]
             logits = [t.stateless_call(tv, ntv, x, training=False)[0]
                       for t, (tv, ntv) in zip(teachers, teacher_vars, strict=True)]

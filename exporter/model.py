@@ -68,6 +68,11 @@ def build_resnet(
     return keras.Model(inputs, logits, name="resnet")
 
 
+def build_from_config(cfg: TrainConfig, num_classes: int) -> keras.Model:
+    """The network a run's config describes: the one place that maps its architecture fields onto `build_resnet`."""
+    return build_resnet(num_classes, cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout, cfg.stem_stride)
+
+
 def multiply_adds(model: keras.Model) -> int:
     """Multiply-adds of one forward pass of one input: every layer with a kernel (convolutions, dense) applies it once
     per output position. The gateway weighs a version's tiles by it (admission), so it must count what runs."""

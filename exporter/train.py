@@ -26,7 +26,7 @@ from exporter.config import (
 from exporter.dataset import Dataset, decode_all, load_dataset, stratified_split
 from exporter.distill import load_teachers, read_targets, reuses_targets, write_targets
 from exporter.errors import ExporterError
-from exporter.model import build_optimizer, build_resnet
+from exporter.model import build_from_config, build_optimizer
 from exporter.pipeline import eval_batches, training_batches
 
 CHECKPOINTS = "checkpoints"
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path
     keras.utils.set_random_seed(cfg.seed)
     n_train = len(splits["train"])
     steps = -(-n_train // cfg.batch_size)
-    model = build_resnet(depth, cfg.input_size, cfg.widths, cfg.blocks_per_stage, cfg.dropout, cfg.stem_stride)
+    model = build_from_config(cfg, depth)
     if cfg.init_from and not resume:
         model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
     model.compile(

@@ -97,7 +97,8 @@ def test_the_largest_scene_the_limits_allow_fits_the_default_budget_on_every_com
     """Admission weighs each version's tiles by its exported multiply-adds (version 4: 2.24x), so the default work
     budget must still admit one request at the default tile limit (2048 x 2048 px at 10 m, 1,024 tiles) with the
     costliest CAM method and the slowest-decoding format, or that documented limit would be a 413."""
-    from exporter.model import build_resnet, multiply_adds
+    from exporter.config import TrainConfig
+    from exporter.model import build_from_config, multiply_adds
     from gateway import admission
     from gateway.app import build
     from gateway.backends.base import ModelConfig
@@ -112,8 +113,8 @@ def test_the_largest_scene_the_limits_allow_fits_the_default_budget_on_every_com
     for version in versions:
         meta = core.backend.meta("eurosat", version)
         config = json.loads((VERSION.parent / str(version) / "assets" / "metadata.json").read_text())["training"]
-        widths = tuple(config["config"]["widths"])
-        assert meta.multiply_adds == multiply_adds(build_resnet(10, 64, widths)) > 0  # what export would write
+        network = build_from_config(TrainConfig.from_json(config["config"]), 10)
+        assert meta.multiply_adds == multiply_adds(network) > 0  # what export would write
         cost, _ = core.plan([scene.tobytes()], Pin(version=version), None, "layercam-fused")
         assert cost <= settings.max_inflight_pixels, (version, cost)
     assert admission.tile_weight(core.backend.meta("eurosat", 4).multiply_adds) > 2  # the wider network
