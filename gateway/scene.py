@@ -8,6 +8,11 @@ Grid: cells are `tile` pixels (at the model's GSD) from the top-left corner. A l
 a whole tile is still a cell (never dropped): its tile is the window flush with the scene's edge, overlapping its
 neighbour, so the model always sees real ground at the right scale. A scene narrower than one tile in a dimension is
 padded by reflection in that dimension.
+
+Seamless heat maps: a tile's CAM fades at its own border ("same" padding), so one tile per cell leaves a grid of dim
+lines across a scene heat map. `BlendGrid` places windows every half tile over the scene reflect-padded by half a
+tile, so each point lies in two windows per axis whose separable sin² weights sum to 1 (`BlendCanvas`): every point
+is explained mostly by windows it sits in the middle of. That is about four times the CAM work, so it is an option.
 """
 
 from __future__ import annotations
@@ -70,6 +75,59 @@ class Grid:
     def tiles(self, image: np.ndarray) -> np.ndarray:
         """Every tile of a scene already at the model's GSD, row-major, [rows * cols, th, tw, 3]."""
         return np.concatenate([self.row_tiles(image[slice(*self.strip(r))], r) for r in range(self.rows)])
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Positions along an axis of length `n` for any `index`, mirrored at both ends as BORDER_REFLECT_101 mirrors them
+    (at any distance); an axis of one pixel repeats it."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    folded = np.mod(index, period)
+    return np.where(folded < n, folded, period - folded)
+
+
+@dataclass(frozen=True)
+class BlendGrid:
+    """Windows of `tile` (h, w) model pixels every half tile over a scene of `size`, reflect-padded by half a tile:
+    window (r, c) reads scene rows from (r - 1) * half-height and columns from (c - 1) * half-width."""
+
+    size: tuple[int, int]
+    tile: tuple[int, int]
+
+    def _count(self, axis: int) -> int:
+        """Windows along `axis`: enough that every scene pixel is in two of them."""
+        return (self.size[axis] - 1) // (self.tile[axis] // 2) + 2
+
+    @property
+    def rows(self) -> int:
+        return self._count(0)
+
+    @property
+    def cols(self) -> int:
+        return self._count(1)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def _span(self, i: int, axis: int) -> np.ndarray:
+        start = (i - 1) * (self.tile[axis] // 2)
+        return reflect_index(np.arange(start, start + self.tile[axis]), self.size[axis])
+
+    def strip(self, row: int) -> tuple[int, int]:
+        """Scene rows [start, stop) that the windows of row `row` read (rows past an edge are mirrors of these)."""
+        rows = self._span(row, 0)
+        return int(rows.min()), int(rows.max()) + 1
+
+    def row_tiles(self, strip: np.ndarray, row: int) -> np.ndarray:
+        """The windows of one row, [cols, th, tw, 3], cut from its strip (model pixels, full scene width)."""
+        band = strip[self._span(row, 0) - self.strip(row)[0]]
+        return np.stack([band[:, self._span(c, 1)] for c in range(self.cols)])
+
+
+def sin2_window(n: int) -> np.ndarray:
+    """sin² over n samples: shifted by n / 2 it is cos², so two half-overlapping windows sum to exactly 1."""
+    return (np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2).astype(np.float32)
 
 
 def pad_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -148,6 +206,11 @@ def tile_heatmap(method: str, stages: list[tuple[np.ndarray, np.ndarray]], proba
     return cam.compute_cam(method, stages) * np.float32(probability)
 
 
+def map_extent(size: tuple[int, int], tile: tuple[int, int], map_size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a scene heat map: one value per CAM cell's stride of model pixels, a last partial one included."""
+    return math.ceil(size[0] * map_size[0] / tile[0]), math.ceil(size[1] * map_size[1] / tile[1])
+
+
 class HeatmapCanvas:
     """A scene heat map at the CAM layer's resolution, filled one grid row at a time (the command streams rows)."""
 
@@ -155,11 +218,7 @@ class HeatmapCanvas:
         self.grid = grid
         self.stride = (grid.tile[0] / map_size[0], grid.tile[1] / map_size[1])  # model pixels per map value
         self.map_size = map_size
-        self.data = np.zeros(self.size, np.float32)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return math.ceil(self.grid.size[0] / self.stride[0]), math.ceil(self.grid.size[1] / self.stride[1])
+        self.data = np.zeros(map_extent(grid.size, grid.tile, map_size), np.float32)
 
     def paint(self, row: int, col: int, tile_map: np.ndarray) -> None:
         """Put the part of a tile's map that covers its cell (all of it, unless the cell is a partial edge one)."""
@@ -175,6 +234,33 @@ class HeatmapCanvas:
             dy, dx = row * th - y0, col * tw - x0
             tile_map = cv2.resize(full[dy : dy + ch, dx : dx + cw], (ow, oh), interpolation=cv2.INTER_AREA)
         self.data[row * mh : row * mh + oh, col * mw : col * mw + ow] = tile_map
+
+
+class BlendCanvas:
+    """A seamless scene heat map: the windows of a `BlendGrid`, each weighted by a sin² window, summed. Same size and
+    scale as `HeatmapCanvas` over the cells' grid, so renderers and writers take either."""
+
+    def __init__(self, grid: BlendGrid, map_size: tuple[int, int]):
+        if map_size[0] % 2 or map_size[1] % 2:
+            raise ValueError(f"a seamless heat map needs a CAM grid of even size, not {map_size[0]}x{map_size[1]}")
+        self.grid = grid
+        self.map_size = map_size
+        self.half = (map_size[0] // 2, map_size[1] // 2)
+        self.weights = np.outer(sin2_window(map_size[0]), sin2_window(map_size[1]))
+        self.padded = np.zeros(((grid.rows + 1) * self.half[0], (grid.cols + 1) * self.half[1]), np.float32)
+        self.size = map_extent(grid.size, grid.tile, map_size)
+
+    def paint(self, row: int, col: int, tile_map: np.ndarray) -> None:
+        (mh, mw), (hh, hw) = self.map_size, self.half
+        if tile_map.shape != (mh, mw):
+            tile_map = cv2.resize(tile_map, (mw, mh), interpolation=cv2.INTER_LINEAR)
+        self.padded[row * hh : row * hh + mh, col * hw : col * hw + mw] += self.weights * tile_map
+
+    @property
+    def data(self) -> np.ndarray:
+        """The scene's part: the padding's half window cut off each side."""
+        (hh, hw), (h, w) = self.half, self.size
+        return self.padded[hh : hh + h, hw : hw + w]
 
 
 def paint_classes(classes: np.ndarray, cell_px: tuple[float, float], colors: list[tuple[int, int, int]],

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", metavar="CLASS", default=None,
                         help="also write OUT's stem + .heatmap.tif: that class's scene heat map (a label or an index)")
     parser.add_argument("--method", default="gradcam", help="CAM method for --explain (default %(default)s)")
+    parser.add_argument("--seamless", action="store_true",
+                        help="with --explain: blend windows every half tile, so the heat map has no dim grid at tile "
+                        "borders (classifies, then explains about 4x the tiles)")
     parser.add_argument("--batch", type=int, default=256, help="tiles per backend call (default %(default)s)")
     parser.add_argument("--inflight", type=int, default=None,
                         help="backend calls in flight (default: 2 local, 8 tfserving)")
@@ -93,6 +96,8 @@ def plan(args, meta: VersionMeta, target: Target) -> Job:
     if not meta.is_tile:
         raise SceneError(f"{target.model} version {target.version} is an image model (no ground resolution in its "
                          "card): the scene command needs a tile model (exported with --gsd-m)")
+    if args.seamless and args.explain is None:
+        raise SceneError("--seamless shapes the heat map: pass --explain CLASS with it")
     if args.batch < 1 or (args.inflight is not None and args.inflight < 1) or args.retries < 0:
         raise SceneError("--batch and --inflight must be at least 1, --retries at least 0")
     with _open_source(args.input) as ds:
@@ -113,19 +118,20 @@ def plan(args, meta: VersionMeta, target: Target) -> Job:
     return Job(args.input, args.output, meta, target, grid, factors, gsd, geo, shape)
 
 
-def read_rows(job: Job) -> Iterator[tuple[int, np.ndarray]]:
-    """(grid row, its tiles), reading only the source rows each needs: memory stays flat whatever the raster's size."""
+def read_rows(job: Job, grid: scene.Grid | scene.BlendGrid) -> Iterator[tuple[int, np.ndarray]]:
+    """(row, its tiles) of `grid` (the cells' or a seamless heat map's windows), reading only the source rows each
+    needs: memory stays flat whatever the raster's size."""
     from rasterio.windows import Window
 
     fy = job.factors[0]
     with _open_source(job.path) as ds:
-        for row in range(job.grid.rows):
-            y0, y1 = job.grid.strip(row)
+        for row in range(grid.rows):
+            y0, y1 = grid.strip(row)
             top = min(job.source_shape[0] - 1, math.floor(y0 / fy))
             bottom = min(job.source_shape[0], max(top + 1, math.ceil(y1 / fy)))
             bands = ds.read(window=Window(0, top, job.source_shape[1], bottom - top))
             strip = scene.resample(geotiff.to_rgb8(bands), (y1 - y0, job.grid.size[1]))
-            yield row, job.grid.row_tiles(strip, row)
+            yield row, grid.row_tiles(strip, row)
 
 
 async def with_retries(call, describe: str, retries: int):
@@ -144,47 +150,77 @@ async def with_retries(call, describe: str, retries: int):
 
 
 async def run(job: Job, backend: Backend, args) -> dict:
-    """Stream every row of tiles through the backend; returns the summary written beside the output."""
+    """Stream every row of tiles through the backend; returns the summary written beside the output. With --explain
+    each tile's explanation also gives its probabilities; --seamless explains its own windows after classifying."""
     from tqdm import tqdm
 
     grid, meta = job.grid, job.meta
     probabilities = np.zeros((grid.rows, grid.cols, len(meta.class_names)), np.float32)
     explain = _class_index(args.explain, meta.class_names) if args.explain is not None else None
+    blend = scene.BlendGrid(grid.size, grid.tile) if args.seamless else None
     canvas = None
     inflight = asyncio.Semaphore(args.inflight or (8 if not backend.applies_config_locally else 2))
     timeout = 600.0
-    started = time.perf_counter()
-    progress = tqdm(total=len(grid), unit="tile", desc=job.path.name, file=sys.stderr, smoothing=0.1)
+    signature = GRADCAM_MULTILAYER if args.method in cam.MULTI_LAYER else GRADCAM
 
-    async def infer(first_tile: int, tiles: np.ndarray) -> None:
+    def predict(tiles: np.ndarray):
+        return backend.predict(tiles, job.target, timeout)
+
+    def explain_tiles(tiles: np.ndarray):
+        return backend.explain(tiles, np.full(len(tiles), explain, np.int32), job.target, timeout, signature)
+
+    def paint(cells: np.ndarray, result, cols: int) -> None:
         nonlocal canvas
-        where = f"tiles {first_tile}-{first_tile + len(tiles) - 1} of {len(grid)} (grid row {first_tile // grid.cols})"
-        async with inflight:
-            if explain is None:
-                result = await with_retries(lambda: backend.predict(tiles, job.target, timeout), where, args.retries)
-            else:
-                signature = GRADCAM_MULTILAYER if args.method in cam.MULTI_LAYER else GRADCAM
-                classes = np.full(len(tiles), explain, np.int32)
-                result = await with_retries(
-                    lambda: backend.explain(tiles, classes, job.target, timeout, signature), where, args.retries)
-        cells = np.arange(first_tile, first_tile + len(tiles))
+        for i, cell in enumerate(cells):
+            stages = [(a[i], g[i]) for a, g in result.stages]
+            tile_map = scene.tile_heatmap(args.method, stages, float(result.probabilities[i, explain]))
+            if canvas is None:
+                size = tile_map.shape
+                canvas = scene.BlendCanvas(blend, size) if blend else scene.HeatmapCanvas(grid, size)
+            canvas.paint(int(cell // cols), int(cell % cols), tile_map)
+
+    def classified(cells: np.ndarray, result) -> None:
         probabilities[cells // grid.cols, cells % grid.cols] = result.probabilities
-        if explain is not None:
-            for i, cell in enumerate(cells):
-                stages = [(a[i], g[i]) for a, g in result.stages]
-                tile_map = scene.tile_heatmap(args.method, stages, float(result.probabilities[i, explain]))
-                canvas = canvas or scene.HeatmapCanvas(grid, tile_map.shape)
-                canvas.paint(int(cell // grid.cols), int(cell % grid.cols), tile_map)
+        if explain is not None and blend is None:
+            paint(cells, result, grid.cols)
+
+    started = time.perf_counter()
+    progress = tqdm(total=len(grid) + (len(blend) if blend else 0), unit="tile", desc=job.path.name,
+                    file=sys.stderr, smoothing=0.1)
+    try:
+        await stream(read_rows(job, grid), predict if explain is None or blend else explain_tiles, classified,
+                     inflight, args, progress, "grid row", grid.cols)
+        if blend:
+            await stream(read_rows(job, blend), explain_tiles, lambda cells, r: paint(cells, r, blend.cols),
+                         inflight, args, progress, "heat-map window row", blend.cols)
+    except ValueError as exc:  # a CAM grid a seamless map cannot halve
+        raise SceneError(str(exc)) from None
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
+    write_outputs(job, args, probabilities, canvas, explain)
+    return summary(job, probabilities, seconds)
+
+
+async def stream(rows: Iterator[tuple[int, np.ndarray]], call, consume, inflight: asyncio.Semaphore, args, progress,
+                 what: str, cols: int) -> None:
+    """Batches of `args.batch` tiles from `rows` through `call` (retried while the backend is away), several in
+    flight, `consume(cells, result)` as each returns; GDAL reads overlap the model's work, read-ahead is bounded."""
+
+    async def infer(first: int, tiles: np.ndarray) -> None:
+        where = f"tiles {first}-{first + len(tiles) - 1} ({what} {first // cols})"
+        async with inflight:
+            result = await with_retries(lambda: call(tiles), where, args.retries)
+        consume(np.arange(first, first + len(tiles)), result)
         progress.update(len(tiles))
 
     pending: set[asyncio.Task] = set()
     buffered, first = [], 0
-    rows = read_rows(job)
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")  # one thread: rasterio's env is per thread
     loop = asyncio.get_running_loop()
     try:
         while True:
-            item = await loop.run_in_executor(reader, next, rows, None)  # GDAL reads overlap the model's work
+            item = await loop.run_in_executor(reader, next, rows, None)
             if item is not None:
                 buffered.append(item[1])
             while buffered and (sum(len(t) for t in buffered) >= args.batch or item is None):
@@ -206,10 +242,6 @@ async def run(job: Job, backend: Backend, args) -> dict:
             task.cancel()
         await loop.run_in_executor(reader, rows.close)
         reader.shutdown()
-        progress.close()
-    seconds = time.perf_counter() - started
-    write_outputs(job, args, probabilities, canvas, explain)
-    return summary(job, probabilities, seconds)
 
 
 def _class_index(text: str, names: tuple[str, ...]) -> int:

@@ -14,7 +14,7 @@ from rasterio.io import MemoryFile
 
 from tests.conftest import ROOT, free_port
 from tests.scenes import ORIGIN, UTM_33N, assemble, at_gsd, geotiff, per_tile_accuracy, random_blocks
-from tests.test_scenes import classmap
+from tests.test_scenes import classmap, post
 
 
 def run_scene(repo, *args, **env) -> subprocess.CompletedProcess:
@@ -62,9 +62,28 @@ def test_maps_a_raster_with_probabilities_heat_map_and_summary(eurosat_repo, eur
     assert heat[forest].sum() / heat.sum() >= 0.85
 
 
+def test_seamless_heat_map_is_the_one_post_gradcam_draws(eurosat_repo, eurosat_gateway, raster, tmp_path):
+    """--seamless streams the heat map's half-overlapping windows from the raster row by row; the map is the one
+    `POST /gradcam?seamless=true` blends from the whole scene in memory (one scene module), georeferenced like the
+    tiled one, and the class map is unchanged."""
+    source, _ = raster
+    out = tmp_path / "landcover.tif"
+    done = run_scene(eurosat_repo, source, out, "--explain", "Forest", "--seamless", "--batch", "50")
+    assert done.returncode == 0, done.stderr
+    with MemoryFile(out.read_bytes()) as memfile, memfile.open() as ds:
+        assert ds.read(1).tolist() == classmap(eurosat_gateway, source.read_bytes())["classes"]
+    with MemoryFile(out.with_name("landcover.heatmap.tif").read_bytes()) as memfile, memfile.open() as ds:
+        heat = ds.read(1)
+        assert ds.crs.to_string() == UTM_33N and ds.transform.a == 80.0 and heat.shape == (8 * 12, 8 * 16)
+    response = post(eurosat_gateway, "/gradcam", source.read_bytes(), {"class": "Forest", "seamless": "true"},
+                    {"Accept": "application/json"}, name="scene.tif")
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(heat, np.array(response.json()["heatmap"]), atol=2e-3)
+
+
 @pytest.mark.parametrize(("case", "needle"), [
     ("exists", "--overwrite"), ("no-georeferencing", "--gsd-m"), ("two-bands", "accepted"),
-    ("bad-class", "--explain"), ("missing", "does not exist"),
+    ("bad-class", "--explain"), ("missing", "does not exist"), ("seamless-alone", "--explain"),
 ])
 def test_refusals_are_one_line_and_write_nothing(eurosat_repo, raster, tmp_path, case, needle):
     source, _ = raster
@@ -88,6 +107,8 @@ def test_refusals_are_one_line_and_write_nothing(eurosat_repo, raster, tmp_path,
         args = [two, out]
     elif case == "bad-class":
         args += ["--explain", "Glacier"]
+    elif case == "seamless-alone":
+        args += ["--seamless"]
     else:
         args = [tmp_path / "nope.tif", out]
     done = run_scene(eurosat_repo, *args)

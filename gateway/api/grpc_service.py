@@ -114,7 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             rank=request.rank if request.HasField("rank") else None,
         )
         options = CamOptions(request.method or "gradcam", request.alpha if request.HasField("alpha") else 0.45,
-                             request.colormap or "turbo", request.max_side or None)
+                             request.colormap or "turbo", request.max_side or None, request.seamless)
         try:
             result = await self.core.gradcam(request.image, choice, options,
                                              _pin(request.target, context.invocation_metadata()), gsd_m=_gsd(request))

@@ -211,7 +211,7 @@ def build_router() -> APIRouter:
             raise InvalidParameter("top_k: /gradcam explains one class and takes no top_k")
         params = await form_params(request, params)
         label, index = validation.parse_class(params.class_) if params.class_ is not None else (None, None)
-        options = CamOptions(params.method, params.alpha, params.colormap, params.max_side)
+        options = CamOptions(params.method, params.alpha, params.colormap, params.max_side, params.seamless)
         result = await core.gradcam(images[0], ClassChoice(label, index, params.rank), options,
                                     _pin(params, x_routing_key, body), x_request_id, params.gsd_m)
         headers = {"X-Model-Version": str(result.version), "X-Class-Label": result.label,

@@ -89,6 +89,8 @@ class GradCamParams(SceneParams):
     colormap: str = Field(DEFAULT_COLORMAP, description="OpenCV colormap name", json_schema_extra={"maxLength": 32})
     max_side: AsciiInt | None = Field(None, description="longest side of the PNG (capped by the gateway)",
                                       json_schema_extra={"minimum": 16})
+    seamless: bool = Field(False, description="scenes: blend windows every half tile so the heat map has no dim grid "
+                           "at tile borders; about 4x the CAM work, and admission prices it so")
 
     @model_validator(mode="after")
     def _options(self):
