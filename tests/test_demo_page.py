@@ -214,6 +214,7 @@ def test_sample_shows_ranked_classes_bars_heatmap_and_version(browser, demo_gate
     assert by_testid(browser, "error").is_displayed() is False
     assert by_testid(browser, "preview").get_attribute("data-kind") == "image"
     assert not by_testid(browser, "scene").is_displayed()
+    assert not by_testid(browser, "seamless").is_displayed()  # a single tile has no tile borders to blend
     assert_no_csp_violations(browser)
 
 
@@ -374,6 +375,10 @@ def test_scene_shows_class_map_legend_composition_and_heat_maps(browser, demo_ga
     assert pressed(browser, "composition-row") == [second["label"]] == pressed(browser, "legend-item")
     caption = by_testid(browser, "heatmap-caption").text
     assert second["label"] in caption and "mean probability" in caption
+    assert by_testid(browser, "heatmap").get_attribute("data-seamless") == "false"
+    by_testid(browser, "seamless").click()  # a scene offers the seamless map; the same class, blended
+    wait_for(browser, lambda d: heatmap_shows(d, second["label"], seamless="true"), "seamless did not re-request")
+    assert by_testid(browser, "heatmap-caption").text.endswith("· seamless")
     heat = api_post(api, "/gradcam", path, {"class": second["index"], "version": expected["version"]}, JSON).json()
     assert (heat["scene"]["rows"], heat["scene"]["cols"]) == (8, 8)
     png = cv2.imdecode(np.frombuffer(base64.b64decode(heat["png_base64"]), np.uint8), cv2.IMREAD_COLOR)

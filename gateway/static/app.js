@@ -190,6 +190,11 @@
     return file.type === "image/tiff" || /\.tiff?$/i.test(file.name || "");
   }
 
+  // The seamless switch only means something for a scene (a single tile has no tile borders).
+  function showSeamless(shown) {
+    for (const id of ["seamless", "seamless-label", "seamless-hint"]) $(id).hidden = !shown;
+  }
+
   function pct(fraction) {
     return (fraction * 100).toFixed(1) + "%";
   }
@@ -203,6 +208,7 @@
     $("legend").replaceChildren();
     $("composition").replaceChildren();
     $("scene").hidden = true;
+    showSeamless(false);
     $("scene-summary").textContent = "";
     $("classes-title").textContent = "3. Top classes";
     $("prediction-version").textContent = "";
@@ -275,6 +281,7 @@
     ]);
     if (seq !== classifySeq) return;
     state.scene = map;
+    showSeamless(true);
     await showPreview(overlay, "classmap", `Land-cover class map of ${file.name}, drawn over the image`,
       `${file.name} · class map`);
     renderScene(map);
@@ -396,6 +403,7 @@
     return withGsd({
       class: String(state.selected), version: String(state.version), method: $("method").value,
       colormap: $("colormap").value, alpha: $("alpha").value,
+      ...(state.scene && $("seamless").checked ? { seamless: "true" } : {}),
     });
   }
 
@@ -411,8 +419,10 @@
     img.alt = `Heat map (${method}) of where the model sees "${label}" ${where}`;
     img.hidden = false;
     await img.decode().catch(() => {});
-    Object.assign(img.dataset, { label, method, alpha: query.get("alpha") });
-    $("heatmap-caption").textContent = state.scene ? `${label} · ${share} mean probability · ${method}`
+    const seamless = query.get("seamless") === "true";
+    Object.assign(img.dataset, { label, method, alpha: query.get("alpha"), seamless: String(seamless) });
+    $("heatmap-caption").textContent = state.scene
+      ? `${label} · ${share} mean probability · ${method}${seamless ? " · seamless" : ""}`
       : `${label} · ${share} · ${method}`;
     $("heatmap-version").textContent = `Heat map from ${describeVersion(headers.get("X-Model-Version"))}.`;
     $("heatmap-version").dataset.version = headers.get("X-Model-Version");
@@ -478,6 +488,7 @@
     wireDropzone();
     $("method").addEventListener("change", refreshHeatmap);
     $("colormap").addEventListener("change", refreshHeatmap);
+    $("seamless").addEventListener("change", refreshHeatmap);
     const refreshSoon = debounce(refreshHeatmap, ALPHA_DEBOUNCE_MS);
     $("alpha").addEventListener("input", () => {
       $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
