@@ -408,6 +408,13 @@ class GatewayCore:
         band of window rows at a time so that only one band's activations and gradients are held."""
         blend = scene.BlendGrid(layout.grid.size, layout.grid.tile)
         band = max(1, self.settings.max_batch_size // blend.cols)
+
+        def canvas_for(map_size: tuple[int, int]) -> scene.BlendCanvas:
+            try:
+                return scene.BlendCanvas(blend, map_size)
+            except ValueError as exc:
+                raise InvalidParameter(f"seamless: {exc}") from None
+
         canvas = None
         for first in range(0, blend.rows, band):
             rows = range(first, min(blend.rows, first + band))
@@ -415,15 +422,9 @@ class GatewayCore:
             explained = await self._explain_tiles(target, tiles, index, method)
             if explained.version != target.version:
                 raise NotFound("the version moved while the scene was being explained")
-            for i, (row, col) in enumerate((r, c) for r in rows for c in range(blend.cols)):
-                stages = [(a[i], g[i]) for a, g in explained.stages]
-                tile_map = scene.tile_heatmap(method, stages, float(explained.probabilities[i, index]))
-                if canvas is None:
-                    try:
-                        canvas = scene.BlendCanvas(blend, tile_map.shape)
-                    except ValueError as exc:
-                        raise InvalidParameter(f"seamless: {exc}") from None
-                canvas.paint(row, col, tile_map)
+            cells = [(r, c) for r in rows for c in range(blend.cols)]
+            canvas = await asyncio.to_thread(scene.paint_tiles, canvas, canvas_for, cells, explained.stages,
+                                             explained.probabilities[:, index], method)
         return canvas
 
     def summary(self, classmap: scene.ClassMap, layout: Layout, meta: VersionMeta) -> SceneSummary:
@@ -629,13 +630,9 @@ class GatewayCore:
     @staticmethod
     def _tile_canvas(grid: scene.Grid, explained: Explanation, index: int, method: str) -> scene.HeatmapCanvas:
         """The scene heat map from one tile per cell, each explained alone."""
-        canvas = None
-        for i in range(len(grid)):
-            stages = [(a[i], g[i]) for a, g in explained.stages]
-            tile_map = scene.tile_heatmap(method, stages, float(explained.probabilities[i, index]))
-            canvas = canvas or scene.HeatmapCanvas(grid, tile_map.shape)
-            canvas.paint(i // grid.cols, i % grid.cols, tile_map)
-        return canvas
+        cells = [(i // grid.cols, i % grid.cols) for i in range(len(grid))]
+        return scene.paint_tiles(None, lambda size: scene.HeatmapCanvas(grid, size), cells, explained.stages,
+                                 explained.probabilities[:, index], method)
 
     @staticmethod
     def _overlay(image: np.ndarray, heatmap: np.ndarray, options: CamOptions, max_side: int) -> bytes:

@@ -18,6 +18,7 @@ is explained mostly by windows it sits in the middle of. That is about four time
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -204,6 +205,17 @@ def tile_heatmap(method: str, stages: list[tuple[np.ndarray, np.ndarray]], proba
     the class keeps them dark, and keeps every tile's own CAM detail.
     """
     return cam.compute_cam(method, stages) * np.float32(probability)
+
+
+def paint_tiles(canvas, make, cells: Iterable[tuple[int, int]], stages: list[tuple[np.ndarray, np.ndarray]],
+                probabilities: np.ndarray, method: str):
+    """Paint explained tiles (or windows) at their (row, col) `cells`: tile i's map from its slice of `stages`, times
+    its probability of the class. The canvas is `make(map_size)`'s on the first tile unless one is given; returned."""
+    for i, (row, col) in enumerate(cells):
+        tile_map = tile_heatmap(method, [(a[i], g[i]) for a, g in stages], float(probabilities[i]))
+        canvas = canvas or make(tile_map.shape)
+        canvas.paint(row, col, tile_map)
+    return canvas
 
 
 def map_extent(size: tuple[int, int], tile: tuple[int, int], map_size: tuple[int, int]) -> tuple[int, int]:

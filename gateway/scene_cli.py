@@ -171,13 +171,10 @@ async def run(job: Job, backend: Backend, args) -> dict:
 
     def paint(cells: np.ndarray, result, cols: int) -> None:
         nonlocal canvas
-        for i, cell in enumerate(cells):
-            stages = [(a[i], g[i]) for a, g in result.stages]
-            tile_map = scene.tile_heatmap(args.method, stages, float(result.probabilities[i, explain]))
-            if canvas is None:
-                size = tile_map.shape
-                canvas = scene.BlendCanvas(blend, size) if blend else scene.HeatmapCanvas(grid, size)
-            canvas.paint(int(cell // cols), int(cell % cols), tile_map)
+        canvas = scene.paint_tiles(
+            canvas, lambda size: scene.BlendCanvas(blend, size) if blend else scene.HeatmapCanvas(grid, size),
+            [(int(c // cols), int(c % cols)) for c in cells], result.stages, result.probabilities[:, explain],
+            args.method)
 
     def classified(cells: np.ndarray, result) -> None:
         probabilities[cells // grid.cols, cells % grid.cols] = result.probabilities
