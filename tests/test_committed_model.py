@@ -34,7 +34,7 @@ def test_committed_model_classifies_the_samples():
 
 
 def test_models_config_serves_the_stable_version():
-    """Version 6 (the wider network trained 300 epochs on a GPU, calibrated) was promoted with a canary rollout and is
+    """Version 7 (version 6 distilled from the round-3 ensemble, calibrated) was promoted with a canary rollout and is
     the committed stable version, in the repository's config and in its Kubernetes copy."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -42,25 +42,28 @@ def test_models_config_serves_the_stable_version():
     for config in (ROOT / "models" / "models.config", ROOT / "deploy" / "k8s" / "config" / "models.config"):
         parsed = text_format.Parse(config.read_text(), model_server_config_pb2.ModelServerConfig())
         entry = parsed.model_config_list.config[0]
-        assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [6], config
-        assert dict(entry.version_labels) == {"stable": 6}, config
-    card = json.loads((ROOT / "models" / "eurosat" / "6" / "assets" / "model_card.json").read_text())
+        assert entry.name == "eurosat" and list(entry.model_version_policy.specific.versions) == [7], config
+        assert dict(entry.version_labels) == {"stable": 7}, config
+    card = json.loads((ROOT / "models" / "eurosat" / "7" / "assets" / "model_card.json").read_text())
     assert card["properties"]["scenecam:input_kind"] == "tile" and card["properties"]["gsd"] == 10.0
 
 
-def test_stable_version_is_more_accurate_and_keeps_the_contract():
-    """models/eurosat/6 beats version 5 on the test split (98.56% against 98.21%, both on the pixels the gateway
-    decodes: the README's figures; version 5's export-time file says 98.08%, of TensorFlow's pixels), is calibrated
-    (ECE <= 0.015), keeps every signature's inputs and outputs and the cost per tile, and gets every sample right."""
-    previous, stable = VERSION.parent / "5", VERSION.parent / "6"
+def test_stable_version_keeps_the_contract_and_is_better_calibrated():
+    """models/eurosat/7 is version 6 fine-tuned 10 epochs on the CPU, distilled from four round-3 networks' 8-view
+    answers: the same network and cost per tile, every signature's inputs and outputs, calibrated (ECE <= 0.015) with
+    a lower NLL than version 6 (0.0538 against 0.0634), nine of the ten samples right. Its test accuracy is the README's 98.43%
+    (version 6: 98.56%; on the validation split 99.08% against 98.82%): the splits cannot tell them apart."""
+    previous, stable = VERSION.parent / "6", VERSION.parent / "7"
     meta = json.loads((stable / "assets" / "metadata.json").read_text())
     evaluation = json.loads((stable / "evaluation" / "metrics.json").read_text())
     old = json.loads((previous / "assets" / "metadata.json").read_text())
     config = meta["training"]["config"]
-    assert config["widths"] == [48, 96, 192] and config["epochs"] == 300 and config["stem_stride"] == 2
+    assert config["widths"] == [48, 96, 192] and config["epochs"] == 10 and len(config["teachers"]) == 4
+    assert config["init_from"].endswith("hr4/model.keras")  # the run version 6 was exported from
     assert meta["tta"] is None and meta["multiply_adds"] == old["multiply_adds"]
-    assert evaluation["accuracy"] == meta["metrics"]["accuracy"] == 0.9856 > 0.9821 > old["metrics"]["accuracy"]
-    assert evaluation["calibration"]["after"]["ece_15_bins"] <= 0.015
+    assert evaluation["accuracy"] == meta["metrics"]["accuracy"] == 0.9843
+    after, before = evaluation["calibration"]["after"], old["metrics"]["calibration"]["after"]
+    assert after["ece_15_bins"] <= 0.015 and after["nll"] < before["nll"]
     older, new = tf.saved_model.load(str(previous)), tf.saved_model.load(str(stable))
     for name in ("serving_default", "gradcam", "gradcam_multilayer"):
         assert new.signatures[name].structured_outputs.keys() == older.signatures[name].structured_outputs.keys()
@@ -68,7 +71,9 @@ def test_stable_version_is_more_accurate_and_keeps_the_contract():
     samples = sorted(SAMPLES.glob("*.jpg"))
     images = tf.constant(np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in samples]))
     predicted = new.signatures["serving_default"](images=images)["probabilities"].numpy().argmax(axis=1)
-    assert [meta["class_names"][i] for i in predicted] == [p.stem for p in samples]
+    wrong = {p.stem: meta["class_names"][i] for p, i in zip(samples, predicted, strict=True)
+             if meta["class_names"][i] != p.stem}
+    assert wrong == {"PermanentCrop": "AnnualCrop"}  # the sample versions 1-5 miss too; version 6 got it right
 
 
 def test_committed_calibrated_version_is_version_1_with_trustworthy_confidence():
