@@ -51,8 +51,8 @@ def test_models_config_serves_the_stable_version():
 def test_stable_version_keeps_the_contract_and_is_better_calibrated():
     """models/eurosat/7 is version 6 fine-tuned 10 epochs on the CPU, distilled from four round-3 networks' 8-view
     answers: the same network and cost per tile, every signature's inputs and outputs, calibrated (ECE <= 0.015) with
-    a lower NLL than version 6 (0.0538 against 0.0634), nine of the ten samples right. Its test accuracy is the README's 98.43%
-    (version 6: 98.56%; on the validation split 99.08% against 98.82%): the splits cannot tell them apart."""
+    a lower NLL than version 6 (0.0538 against 0.0634), nine of the ten samples right. Its test accuracy is the
+    README's 98.43% (version 6: 98.56%; validation 99.08% against 98.82%): the splits cannot tell them apart."""
     previous, stable = VERSION.parent / "6", VERSION.parent / "7"
     meta = json.loads((stable / "assets" / "metadata.json").read_text())
     evaluation = json.loads((stable / "evaluation" / "metrics.json").read_text())
