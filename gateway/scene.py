@@ -255,7 +255,6 @@ class BlendCanvas:
     def __init__(self, grid: BlendGrid, map_size: tuple[int, int]):
         if map_size[0] % 2 or map_size[1] % 2:
             raise ValueError(f"a seamless heat map needs a CAM grid of even size, not {map_size[0]}x{map_size[1]}")
-        self.grid = grid
         self.map_size = map_size
         self.half = (map_size[0] // 2, map_size[1] // 2)
         self.weights = np.outer(sin2_window(map_size[0]), sin2_window(map_size[1]))

@@ -169,12 +169,18 @@ async def run(job: Job, backend: Backend, args) -> dict:
     def explain_tiles(tiles: np.ndarray):
         return backend.explain(tiles, np.full(len(tiles), explain, np.int32), job.target, timeout, signature)
 
+    def canvas_for(size: tuple[int, int]):
+        if blend is None:
+            return scene.HeatmapCanvas(grid, size)
+        try:
+            return scene.BlendCanvas(blend, size)
+        except ValueError as exc:  # a CAM grid a seamless map cannot halve
+            raise SceneError(str(exc)) from None
+
     def paint(cells: np.ndarray, result, cols: int) -> None:
         nonlocal canvas
-        canvas = scene.paint_tiles(
-            canvas, lambda size: scene.BlendCanvas(blend, size) if blend else scene.HeatmapCanvas(grid, size),
-            [(int(c // cols), int(c % cols)) for c in cells], result.stages, result.probabilities[:, explain],
-            args.method)
+        canvas = scene.paint_tiles(canvas, canvas_for, [(int(c // cols), int(c % cols)) for c in cells],
+                                   result.stages, result.probabilities[:, explain], args.method)
 
     def classified(cells: np.ndarray, result) -> None:
         probabilities[cells // grid.cols, cells % grid.cols] = result.probabilities
@@ -185,13 +191,11 @@ async def run(job: Job, backend: Backend, args) -> dict:
     progress = tqdm(total=len(grid) + (len(blend) if blend else 0), unit="tile", desc=job.path.name,
                     file=sys.stderr, smoothing=0.1)
     try:
-        await stream(read_rows(job, grid), predict if explain is None or blend else explain_tiles, classified,
-                     inflight, args, progress, "grid row", grid.cols)
+        await stream(job, grid, "grid row", predict if explain is None or blend else explain_tiles, classified,
+                     inflight, args, progress)
         if blend:
-            await stream(read_rows(job, blend), explain_tiles, lambda cells, r: paint(cells, r, blend.cols),
-                         inflight, args, progress, "heat-map window row", blend.cols)
-    except ValueError as exc:  # a CAM grid a seamless map cannot halve
-        raise SceneError(str(exc)) from None
+            await stream(job, blend, "heat-map window row", explain_tiles,
+                         lambda cells, r: paint(cells, r, blend.cols), inflight, args, progress)
     finally:
         progress.close()
     seconds = time.perf_counter() - started
@@ -199,13 +203,14 @@ async def run(job: Job, backend: Backend, args) -> dict:
     return summary(job, probabilities, seconds)
 
 
-async def stream(rows: Iterator[tuple[int, np.ndarray]], call, consume, inflight: asyncio.Semaphore, args, progress,
-                 what: str, cols: int) -> None:
-    """Batches of `args.batch` tiles from `rows` through `call` (retried while the backend is away), several in
-    flight, `consume(cells, result)` as each returns; GDAL reads overlap the model's work, read-ahead is bounded."""
+async def stream(job: Job, grid: scene.Grid | scene.BlendGrid, what: str, call, consume, inflight: asyncio.Semaphore,
+                 args, progress) -> None:
+    """Batches of `args.batch` tiles of `grid`, read row by row, through `call` (retried while the backend is away),
+    several in flight, `consume(cells, result)` as each returns; GDAL reads overlap the model's work, read-ahead is
+    bounded."""
 
     async def infer(first: int, tiles: np.ndarray) -> None:
-        where = f"tiles {first}-{first + len(tiles) - 1} ({what} {first // cols})"
+        where = f"tiles {first}-{first + len(tiles) - 1} of {len(grid)} ({what} {first // grid.cols})"
         async with inflight:
             result = await with_retries(lambda: call(tiles), where, args.retries)
         consume(np.arange(first, first + len(tiles)), result)
@@ -213,6 +218,7 @@ async def stream(rows: Iterator[tuple[int, np.ndarray]], call, consume, inflight
 
     pending: set[asyncio.Task] = set()
     buffered, first = [], 0
+    rows = read_rows(job, grid)
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")  # one thread: rasterio's env is per thread
     loop = asyncio.get_running_loop()
     try:
