@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="MODEL.keras",
                    help="distil: learn each training image's class distribution from this trained model, averaged "
                    "over the eight flips/rotations (repeat for an ensemble; no label smoothing then)")
+    t.add_argument("--targets-from", default=None, metavar="RUN_DIR",
+                   help="reuse the teachers' targets a finished distillation run computed (same data, split and "
+                   "--teacher list, checked) instead of running the teachers again")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last epoch checkpoint, with the run's own settings")
 
@@ -122,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             fields = TrainConfig.__dataclass_fields__
             cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
             cfg = replace(cfg, teachers=tuple(cfg.teachers))
+            if args.targets_from and args.resume:
+                raise ExporterError("--targets-from starts a fresh run; --resume reads the run's own targets: drop one")
             cfg = resume_config(args.run_dir, cfg, DEFAULTS) if args.resume else cfg  # refuse before loading TF
 
             from exporter.train import train
 
-            train(cfg, resume=args.resume)
+            train(cfg, resume=args.resume, targets_from=args.targets_from)
         if args.command == "evaluate" and args.version is not None:
             from exporter.evaluate import evaluate_version
 

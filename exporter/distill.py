@@ -6,12 +6,14 @@ for every augmented draw, and the teachers run once per image, not once per step
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from exporter.config import TrainConfig, require_state
 from exporter.errors import ExporterError
 from exporter.export import VIEWS, dihedral_views, load_keras_model
 
@@ -48,6 +50,27 @@ def reuses_targets(run_dir: Path, resume: bool) -> bool:
     """The one decision: only a resumed run reads targets back (its teachers are the run's own, checked by
     --resume); a fresh run computes them again, so a finished run's folder never lends it another run's targets."""
     return resume and (run_dir / TARGETS_FILE).is_file()
+
+
+SAME_TARGETS = ("data", "input_size", "val_fraction", "test_fraction", "seed", "teachers")  # same images, same teachers
+
+
+def borrow_targets(source: str | Path, cfg: TrainConfig) -> None:
+    """Copy the targets another run computed into this fresh run's folder (they cost the teachers' eight views of
+    every training image: 40 min for four teachers on two cores), refused unless that run had the same training
+    images and teachers; from then on they are this run's own, so `--resume` reads them back."""
+    source = Path(source)
+    theirs = TrainConfig.from_json(require_state(source)["config"])
+    differ = [k for k in SAME_TARGETS if getattr(theirs, k) != getattr(cfg, k)]
+    if differ:
+        raise ExporterError(f"--targets-from {source}: that run's {', '.join(differ)} differ from this run's, so its "
+                            "targets belong to other images or teachers")
+    if not (source / TARGETS_FILE).is_file():
+        raise ExporterError(f"--targets-from {source}: it holds no {TARGETS_FILE} (it was not a distillation run)")
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(cfg.run_dir) / f".tmp-{TARGETS_FILE}"
+    shutil.copyfile(source / TARGETS_FILE, tmp)
+    os.replace(tmp, Path(cfg.run_dir) / TARGETS_FILE)
 
 
 def read_targets(run_dir: Path, num_images: int, num_classes: int) -> np.ndarray:

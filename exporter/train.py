@@ -24,7 +24,7 @@ from exporter.config import (
     write_atomically,
 )
 from exporter.dataset import Dataset, decode_all, load_dataset, stratified_split
-from exporter.distill import load_teachers, read_targets, reuses_targets, write_targets
+from exporter.distill import borrow_targets, load_teachers, read_targets, reuses_targets, write_targets
 from exporter.errors import ExporterError
 from exporter.model import build_from_config, build_optimizer
 from exporter.pipeline import eval_batches, training_batches
@@ -132,13 +132,16 @@ def _check_resumable(cfg: TrainConfig, state: dict | None, resume: bool) -> None
             raise ExporterError(f"--resume continues {run_dir} with its own settings; these differ: {diff}")
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = ()) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = (), targets_from: str | None = None) -> Path:
     """Train (or with `resume`, continue from the last epoch checkpoint) and write `run_dir/{model.keras,
-    history.json, run.json}`; returns the run directory. `callbacks` run after the epoch checkpoint is written."""
+    history.json, run.json}`; returns the run directory. `callbacks` run after the epoch checkpoint is written;
+    `targets_from` is a finished distillation run whose teacher targets a fresh run reuses."""
     run_dir = Path(cfg.run_dir)
     state = require_state(run_dir) if resume else read_state(run_dir)
     _check_resumable(cfg, state, resume)
-    reuse = reuses_targets(run_dir, resume)  # a resumed distillation needs no teacher any more
+    if targets_from and not resume:
+        borrow_targets(targets_from, cfg)
+    reuse = reuses_targets(run_dir, resume or bool(targets_from))  # then the teachers need not run
     teachers = load_teachers(cfg.teachers, cfg.input_size) if cfg.teachers and not reuse else []
     data = load_dataset(cfg.data)
     if data.skipped:

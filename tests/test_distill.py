@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -15,6 +16,7 @@ import pytest
 from exporter.config import TrainConfig
 from exporter.dataset import decode_all, load_dataset
 from exporter.distill import TARGETS_FILE
+from exporter.errors import ExporterError
 from exporter.model import build_resnet
 from exporter.train import split_dataset, train
 from tests.test_exporter_cli import assert_one_line_error, run_cli
@@ -102,3 +104,35 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_run, tiny_datas
                   "--teacher", str(tiny_run / "model.keras"))
     assert_one_line_error(out, "teacher", "(32, 32, 3)", "(48, 48, 3)")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_fresh_run_reuses_a_finished_runs_targets_instead_of_asking_the_teachers(student, tiny_run, tiny_dataset,
+                                                                                   tmp_path):
+    """--targets-from: the teachers' eight views of every image are the costly part; a second student of the same
+    teachers and split reads them from the first run (altered here, so reading cannot pass for recomputing)."""
+    source = tmp_path / "first"
+    shutil.copytree(student, source)
+    altered = np.roll(np.load(student / TARGETS_FILE), 1, axis=1)
+    np.save(source / TARGETS_FILE, altered)
+    run_dir = tmp_path / "second"
+    train(student_config(tiny_dataset, run_dir, tiny_run / "model.keras", epochs=1), targets_from=str(source))
+    np.testing.assert_array_equal(np.load(run_dir / TARGETS_FILE), altered)
+    assert (run_dir / "model.keras").is_file()
+
+
+def test_targets_of_other_teachers_or_images_are_refused(student, tiny_run, tiny_dataset, tmp_path):
+    """Targets are one row per training image of one split, from one teacher list: anything else is refused,
+    naming what differs, before the run's folder is made."""
+    cfg = student_config(tiny_dataset, tmp_path / "a", tiny_run / "model.keras", epochs=1)
+    with pytest.raises(ExporterError, match=r"run's seed differ"):
+        train(replace(cfg, seed=7), targets_from=str(student))
+    with pytest.raises(ExporterError, match=r"run's teachers differ"):
+        train(replace(cfg, teachers=(str(tmp_path / "other.keras"),)), targets_from=str(student))
+    assert not (tmp_path / "a").exists()
+    out = run_cli("train", "--data", str(tiny_dataset), "--run-dir", str(tmp_path / "b"), "--targets-from",
+                  str(student))
+    assert_one_line_error(out, "--targets-from", "teachers")
+    out = run_cli("train", "--data", str(tiny_dataset), "--run-dir", str(student), "--targets-from", str(student),
+                  "--resume")
+    assert_one_line_error(out, "--targets-from", "--resume")
+    assert not (tmp_path / "b").exists()
