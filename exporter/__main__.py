@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--version", type=int, required=True, help="the exported version")
     c._add_action(next(act for act in x._actions if "--gsd-m" in act.option_strings))
 
+    s = sub.add_parser("soup", help="average the weights of finished runs of one network, keeping each only if "
+                       "validation accuracy does not drop (greedy soup); writes a run that evaluate and export take")
+    s.add_argument("--ingredient", dest="ingredients", action="append", required=True, metavar="RUN_DIR",
+                   help="a finished run (model.keras, run.json) on the same data and split; repeat, two or more")
+    s.add_argument("--run-dir", required=True, help="a new folder for the soup's model.keras and run.json")
+
     a = sub.add_parser("all", help="train, evaluate, then export")
     for action in t._actions[1:]:
         a._add_action(action)
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from exporter.train import train
 
             train(cfg, resume=args.resume, targets_from=args.targets_from)
+        if args.command == "soup":
+            from exporter.soup import soup
+
+            soup(args.ingredients, args.run_dir)
         if args.command == "evaluate" and args.version is not None:
             from exporter.evaluate import evaluate_version
 
