@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from exporter.config import TrainConfig
+from exporter.model import build_resnet
 from exporter.soup import greedy
 from exporter.train import train
 from tests.test_exporter_cli import assert_one_line_error, run_cli
@@ -63,6 +64,12 @@ def test_runs_that_cannot_be_averaged_are_refused_in_one_line(tiny_run, second_r
     (other / "run.json").write_text(json.dumps(record))
     result = run_cli("soup", "--ingredient", str(tiny_run), "--ingredient", str(other), "--run-dir", str(out))
     assert_one_line_error(result, "seed", "other images")
+    wider = tmp_path / "wider"
+    wider.mkdir()
+    (wider / "run.json").write_text((second_run / "run.json").read_text())
+    build_resnet(3, 32, (8, 16, 32), 1).save(wider / "model.keras")
+    result = run_cli("soup", "--ingredient", str(tiny_run), "--ingredient", str(wider), "--run-dir", str(out))
+    assert_one_line_error(result, "network differs")
     result = run_cli("soup", "--ingredient", str(tiny_run), "--ingredient", str(tmp_path / "nowhere"),
                      "--run-dir", str(out))
     assert_one_line_error(result, "nowhere", "run.json")
