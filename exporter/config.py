@@ -11,6 +11,7 @@ from pathlib import Path
 from exporter.errors import ExporterError
 
 STATE_FILE = "checkpoint.json"  # the commit point of a checkpoint: written last, atomically
+SAME_SPLIT = ("data", "input_size", "val_fraction", "test_fraction", "seed")  # settings that fix each split's images
 
 
 @dataclass

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exporter.config import TrainConfig, require_state
+from exporter.config import SAME_SPLIT, TrainConfig, require_state
 from exporter.errors import ExporterError
 from exporter.export import VIEWS, dihedral_views, load_keras_model
 
@@ -52,7 +52,7 @@ def reuses_targets(run_dir: Path, resume: bool) -> bool:
     return resume and (run_dir / TARGETS_FILE).is_file()
 
 
-SAME_TARGETS = ("data", "input_size", "val_fraction", "test_fraction", "seed", "teachers")  # same images, same teachers
+SAME_TARGETS = (*SAME_SPLIT, "teachers")  # the same training images, labelled by the same teachers
 
 
 def borrow_targets(source: str | Path, cfg: TrainConfig) -> None:

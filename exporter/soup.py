@@ -13,13 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exporter.config import TrainConfig, save_model_atomically
+from exporter.config import SAME_SPLIT, TrainConfig, save_model_atomically
 from exporter.dataset import decode_all, load_dataset
 from exporter.errors import ExporterError
 from exporter.export import load_keras_model
 from exporter.train import split_dataset, write_run
-
-SAME_SPLIT = ("data", "input_size", "val_fraction", "test_fraction", "seed")  # the validation images that judge
 
 
 def read_ingredient(run_dir: Path) -> dict:
@@ -31,13 +29,18 @@ def read_ingredient(run_dir: Path) -> dict:
                             "finished training run") from None
 
 
+def average(weights: list[list[np.ndarray]], indices: list[int]) -> list[np.ndarray]:
+    """Each variable's mean over the chosen runs (batch-norm statistics included, as the paper's soups do)."""
+    return [np.mean([weights[j][k] for j in indices], axis=0) for k in range(len(weights[0]))]
+
+
 def greedy(weights: list[list[np.ndarray]], accuracy) -> tuple[list[int], list[dict]]:
     """Indices of the kept ingredients, tried in the given order, and every trial's validation accuracy."""
     kept, best, trials = [0], accuracy(weights[0]), []
     trials.append({"ingredients": [0], "val_accuracy": best, "kept": True})
     for i in range(1, len(weights)):
         trial = [*kept, i]
-        score = accuracy([np.mean([weights[j][k] for j in trial], axis=0) for k in range(len(weights[0]))])
+        score = accuracy(average(weights, trial))
         trials.append({"ingredients": trial, "val_accuracy": score, "kept": score >= best})
         if score >= best:
             kept, best = trial, score
@@ -78,7 +81,7 @@ def soup(ingredients: list[str], run_dir: str) -> Path:
 
     all_weights = [m.get_weights() for m in models]
     kept, trials = greedy(all_weights, accuracy)
-    model.set_weights([np.mean([all_weights[j][k] for j in kept], axis=0) for k in range(len(all_weights[0]))])
+    model.set_weights(average(all_weights, kept))
     for trial in trials:
         trial["ingredients"] = [order[j] for j in trial["ingredients"]]
         print(f"{' + '.join(trial['ingredients'])}: val {trial['val_accuracy']:.2%} "
