@@ -69,6 +69,7 @@ def plot_history(history: dict, path: Path, distilled: bool = False) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = range(1, len(history.get("loss", [])) + 1)
@@ -79,6 +80,7 @@ def plot_history(history: dict, path: Path, distilled: bool = False) -> None:
         if f"val_{key}" in history:  # the accelerated trainer holds no validation split
             ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, not 2.5
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
