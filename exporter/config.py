@@ -49,6 +49,11 @@ class TrainConfig:
         return min(self.warmup_epochs, self.epochs // 4)
 
 
+def differing(a: TrainConfig, b: TrainConfig, keys: tuple[str, ...]) -> list[str]:
+    """The settings among `keys` on which two runs differ."""
+    return [k for k in keys if getattr(a, k) != getattr(b, k)]
+
+
 def read_state(run_dir: str | Path) -> dict | None:
     """The last completed epoch's checkpoint record of a run directory, or None if it has none."""
     path = Path(run_dir) / STATE_FILE

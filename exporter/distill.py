@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exporter.config import SAME_SPLIT, TrainConfig, require_state
+from exporter.config import SAME_SPLIT, TrainConfig, differing, require_state
 from exporter.errors import ExporterError
 from exporter.export import VIEWS, dihedral_views, load_keras_model
 
@@ -46,10 +46,11 @@ def load_teachers(paths: tuple[str, ...], input_size: int) -> list[keras.Model]:
     return models
 
 
-def reuses_targets(run_dir: Path, resume: bool) -> bool:
-    """The one decision: only a resumed run reads targets back (its teachers are the run's own, checked by
-    --resume); a fresh run computes them again, so a finished run's folder never lends it another run's targets."""
-    return resume and (run_dir / TARGETS_FILE).is_file()
+def reuses_targets(run_dir: Path, resume: bool, borrowed: bool = False) -> bool:
+    """The one decision: a resumed run reads its own targets back (its teachers are the run's own, checked by
+    --resume), a fresh one those it was told to borrow (`borrow_targets` checked them); any other fresh run computes
+    them again, so a finished run's folder never lends it another run's targets by accident."""
+    return borrowed or (resume and (run_dir / TARGETS_FILE).is_file())
 
 
 SAME_TARGETS = (*SAME_SPLIT, "teachers")  # the same training images, labelled by the same teachers
@@ -61,7 +62,7 @@ def borrow_targets(source: str | Path, cfg: TrainConfig) -> None:
     images and teachers; from then on they are this run's own, so `--resume` reads them back."""
     source = Path(source)
     theirs = TrainConfig.from_json(require_state(source)["config"])
-    differ = [k for k in SAME_TARGETS if getattr(theirs, k) != getattr(cfg, k)]
+    differ = differing(theirs, cfg, SAME_TARGETS)
     if differ:
         raise ExporterError(f"--targets-from {source}: that run's {', '.join(differ)} differ from this run's, so its "
                             "targets belong to other images or teachers")

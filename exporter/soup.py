@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exporter.config import SAME_SPLIT, TrainConfig, save_model_atomically
+from exporter.config import SAME_SPLIT, TrainConfig, differing, save_model_atomically
 from exporter.dataset import decode_all, load_dataset
 from exporter.errors import ExporterError
 from exporter.export import load_keras_model
@@ -58,7 +58,7 @@ def soup(ingredients: list[str], run_dir: str) -> Path:
     order = sorted(ingredients, key=lambda path: -runs[path]["val_accuracy"])  # stable: ties keep the given order
     configs = [TrainConfig.from_json(runs[path]["config"]) for path in order]
     for path, cfg in zip(order[1:], configs[1:], strict=True):
-        differ = [k for k in SAME_SPLIT if getattr(cfg, k) != getattr(configs[0], k)]
+        differ = differing(cfg, configs[0], SAME_SPLIT)
         if differ:
             raise ExporterError(f"--ingredient {path}: its {', '.join(differ)} differ from {order[0]}'s, so "
                                 "validation would judge them on other images")

@@ -139,9 +139,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: tuple = (), targets
     run_dir = Path(cfg.run_dir)
     state = require_state(run_dir) if resume else read_state(run_dir)
     _check_resumable(cfg, state, resume)
-    if targets_from and not resume:
+    borrowed = bool(targets_from) and not resume
+    if borrowed:
         borrow_targets(targets_from, cfg)
-    reuse = reuses_targets(run_dir, resume or bool(targets_from))  # then the teachers need not run
+    reuse = reuses_targets(run_dir, resume, borrowed)  # then the teachers need not run
     teachers = load_teachers(cfg.teachers, cfg.input_size) if cfg.teachers and not reuse else []
     data = load_dataset(cfg.data)
     if data.skipped:
